@@ -1,0 +1,53 @@
+"""Data layer: dataset tables, splits, transforms, contrast sampling and the HAM10000 sample."""
+
+from crckd.data.datasets import (
+    APTOS_CLASSES,
+    HAM10000_CLASSES,
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    ImageTable,
+    list_images,
+    load_table,
+    open_rgb,
+)
+from crckd.data.sample import sample_root
+from crckd.data.sampling import ContrastSampler
+from crckd.data.splits import (
+    SPLIT_NAMES,
+    check_no_group_leak,
+    load_split,
+    make_split,
+    save_split,
+    split_indices,
+)
+from crckd.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    rotate_flip_batch,
+    train_transform,
+)
+
+__all__ = [
+    "APTOS_CLASSES",
+    "HAM10000_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "SPLIT_NAMES",
+    "ContrastSampler",
+    "ImageDataset",
+    "ImageTable",
+    "check_no_group_leak",
+    "eval_transform",
+    "list_images",
+    "load_split",
+    "load_table",
+    "make_split",
+    "open_rgb",
+    "rotate_flip_batch",
+    "sample_root",
+    "save_split",
+    "split_indices",
+    "train_transform",
+]

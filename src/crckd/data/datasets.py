@@ -1,0 +1,415 @@
+"""Image tables for the supported dataset layouts, and a torch Dataset over them.
+
+Every layout is turned into one `ImageTable` (image id, absolute path, integer label, group), so
+that splitting, training and evaluation never need to know how the files were laid out. Problems
+the user can fix (missing files, bad labels, wrong columns) raise `DataError` naming the file, row
+or id at fault, before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from crckd.errors import DataError
+
+HAM10000_CLASSES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+APTOS_CLASSES = ("no_dr", "mild", "moderate", "severe", "proliferative_dr")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+_APTOS_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_SHOW = 5  # how many offending ids an error message lists
+_INT = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTable:
+    """One dataset as a table of images.
+
+    `frame` has the columns image_id (unique str), path (absolute str), label (int in
+    0..len(classes)-1) and group (str: images of one group, e.g. one lesion, must stay in one
+    split). `ordinal` marks graded labels (APTOS), which are scored with quadratic kappa.
+    """
+
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    frame: pd.DataFrame
+    ordinal: bool = False
+
+
+def load_table(
+    dataset: str,
+    root: str | Path,
+    *,
+    csv: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> ImageTable:
+    """Read a dataset folder in one of the layouts "ham10000", "aptos", "csv" or "imagefolder".
+
+    `csv` overrides the layout's label file (default: HAM10000_metadata.csv, train.csv,
+    labels.csv); a relative `csv` is looked up in `root` first, then in the working directory.
+    `classes` fixes the class names and their order for "csv" and "imagefolder"; the HAM10000
+    and APTOS classes are fixed. `check_files=False` skips checking that every image exists.
+    """
+    name = dataset.strip().lower()
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {dataset!r}; valid ones are: {', '.join(_LOADERS)}")
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    return _LOADERS[name](root, csv, classes, check_files)
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named by `paths`: files as given, folders searched recursively (sorted)."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found.extend(_walk_images(item))
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(f"not an image file ({', '.join(IMAGE_EXTENSIONS)}): {item}")
+            found.append(item)
+        else:
+            raise DataError(f"no such file or folder: {item}")
+    if not found:
+        shown = ", ".join(str(p) for p in paths) or "(no paths given)"
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in: {shown}")
+    return found
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image fully (so the file is closed) and convert it to RGB."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images with integer labels (-1 when unlabelled), each item a dict.
+
+    With `views=2` the item also holds "image2": a second, independent draw of `transform` on
+    the same image, for methods that compare two augmented views.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int] | None,
+        transform: Callable[[Image.Image], torch.Tensor],
+        views: int = 1,
+    ) -> None:
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}")
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [str(p) for p in paths]
+        self.labels = [-1] * len(self.paths) if labels is None else [int(y) for y in labels]
+        self.transform = transform
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = open_rgb(self.paths[index])
+        item = {"image": self.transform(image), "label": self.labels[index], "index": index}
+        if self.views == 2:
+            item["image2"] = self.transform(image)
+        return item
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+
+def _load_ham10000(
+    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+) -> ImageTable:
+    _check_fixed_classes("ham10000", HAM10000_CLASSES, classes)
+    csv_path = _csv_path(root, csv, "HAM10000_metadata.csv")
+    meta = _read_csv(csv_path, ("lesion_id", "image_id", "dx"))
+    ids = meta["image_id"].tolist()
+    _check_unique(ids, csv_path, "image_id")
+    labels = _lookup_labels(meta["dx"].str.lower().tolist(), HAM10000_CLASSES, csv_path, "dx")
+    index = _index_images(root)
+    paths = _find_paths(ids, index, root, ".jpg", csv_path, check_files)
+    frame = _frame(ids, paths, labels, meta["lesion_id"].tolist())
+    return ImageTable("ham10000", root, HAM10000_CLASSES, frame)
+
+
+def _load_aptos(
+    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+) -> ImageTable:
+    _check_fixed_classes("aptos", APTOS_CLASSES, classes)
+    csv_path = _csv_path(root, csv, "train.csv")
+    meta = _read_csv(csv_path, ("id_code", "diagnosis"))
+    ids = meta["id_code"].tolist()
+    _check_unique(ids, csv_path, "id_code")
+    labels = _integer_labels(meta["diagnosis"].tolist(), len(APTOS_CLASSES), csv_path, "diagnosis")
+    folder = root / "train_images"
+    if check_files and not folder.is_dir():
+        raise DataError(f"APTOS image folder not found: {folder} (images listed in {csv_path})")
+    index = _index_images(folder, _APTOS_EXTENSIONS, recursive=False) if folder.is_dir() else {}
+    paths = _find_paths(ids, index, folder, ".png", csv_path, check_files)
+    frame = _frame(ids, paths, labels, ids)
+    return ImageTable("aptos", root, APTOS_CLASSES, frame, ordinal=True)
+
+
+def _load_csv(
+    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+) -> ImageTable:
+    csv_path = _csv_path(root, csv, "labels.csv")
+    table = _read_csv(csv_path, ("path", "label"))
+    written = table["path"].tolist()
+    ids = table["image_id"].tolist() if "image_id" in table else written
+    _check_unique(ids, csv_path, "image_id" if "image_id" in table else "path")
+    if classes is None:
+        classes = _classes_from_labels(table["label"].tolist())
+    else:
+        classes = _check_classes(classes)
+    labels = _lookup_labels(table["label"].tolist(), classes, csv_path, "label", by_index=True)
+    paths = [str(root / p) for p in written]  # an absolute p replaces root
+    if check_files:
+        missing = [i for i, p in zip(ids, paths, strict=True) if not os.path.isfile(p)]
+        _raise_if_missing(missing, csv_path, root)
+    groups = table["group"].tolist() if "group" in table else ids
+    groups = [g or i for g, i in zip(groups, ids, strict=True)]  # a blank group: its own
+    return ImageTable("csv", root, classes, _frame(ids, paths, labels, groups))
+
+
+def _load_imagefolder(
+    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+) -> ImageTable:
+    if csv is not None:
+        raise DataError("the 'imagefolder' layout takes its labels from folder names, not a CSV")
+    if classes is None:
+        classes = tuple(sorted(e.name for e in _entries(root) if e.is_dir()))
+        if not classes:
+            raise DataError(f"no class subfolders in {root} (expected {root}/<class>/<image>)")
+    else:
+        classes = _check_classes(classes)
+    ids, paths, labels = [], [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"class folder not found: {folder}")
+        images = _walk_images(folder)
+        if not images:
+            raise DataError(
+                f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        ids += [p.relative_to(root).as_posix() for p in images]
+        paths += [str(p) for p in images]
+        labels += [label] * len(images)
+    return ImageTable("imagefolder", root, classes, _frame(ids, paths, labels, ids))
+
+
+_LOADERS = {
+    "ham10000": _load_ham10000,
+    "aptos": _load_aptos,
+    "csv": _load_csv,
+    "imagefolder": _load_imagefolder,
+}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _line(position: int) -> int:
+    """The CSV line of a data row (the header is line 1)."""
+    return position + 2
+
+
+def _csv_path(root: Path, csv: str | Path | None, default: str) -> Path:
+    if csv is None:
+        return root / default
+    csv = Path(csv).expanduser()
+    in_root = root / csv  # an absolute csv replaces root
+    if in_root.is_file() or not csv.is_file():  # if neither exists, the error names root's
+        return in_root
+    return csv.resolve()
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV as stripped strings (a UTF-8 BOM is allowed) and check its columns."""
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot parse CSV file {path}: {err}") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise DataError(f"CSV file {path} lists no images")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"CSV file {path} lacks column(s) {', '.join(missing)} "
+            f"(it has: {', '.join(frame.columns)})"
+        )
+    frame = frame.apply(lambda column: column.str.strip())
+    for column in required:
+        blank = frame.index[frame[column] == ""]
+        if len(blank):
+            raise DataError(f"{path}, line {_line(blank[0])}: column {column!r} is empty")
+    return frame
+
+
+def _check_unique(ids: Sequence[str], path: Path, column: str) -> None:
+    duplicated = pd.Series(ids)
+    duplicated = duplicated[duplicated.duplicated()].unique().tolist()
+    if duplicated:
+        raise DataError(
+            f"{path}: duplicate {column} value(s): {', '.join(duplicated[:_SHOW])}"
+            + (" ..." if len(duplicated) > _SHOW else "")
+        )
+
+
+def _check_fixed_classes(name: str, fixed: tuple[str, ...], classes: Sequence[str] | None) -> None:
+    if classes is not None and tuple(classes) != fixed:
+        raise DataError(
+            f"dataset {name!r} has fixed classes ({', '.join(fixed)}); got {', '.join(classes)}"
+        )
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    classes = tuple(str(c) for c in classes)
+    if not classes or len(set(classes)) != len(classes) or "" in classes:
+        raise DataError(f"class names must be unique and non-empty, got {list(classes)}")
+    return classes
+
+
+def _classes_from_labels(values: Sequence[str]) -> tuple[str, ...]:
+    """Sorted unique label values: numerically when all are integers, else as strings."""
+    unique = set(values)
+    if all(_INT.fullmatch(v) for v in unique):
+        return tuple(str(v) for v in sorted({int(v) for v in unique}))
+    return tuple(sorted(unique))
+
+
+def _lookup_labels(
+    values: Sequence[str],
+    classes: Sequence[str],
+    path: Path,
+    column: str,
+    *,
+    by_index: bool = False,
+) -> list[int]:
+    """Class positions of label values.
+
+    With `by_index`, an integer that is not a class name means a class position, unless some
+    class name is itself an integer (then "0" could mean either, so only names count).
+    """
+    lookup = {name: i for i, name in enumerate(classes)}
+    by_index = by_index and not any(_INT.fullmatch(c) for c in classes)
+    labels = []
+    for row, value in enumerate(values):
+        if value in lookup:
+            labels.append(lookup[value])
+        elif by_index and _INT.fullmatch(value) and 0 <= int(value) < len(classes):
+            labels.append(int(value))
+        else:
+            raise DataError(
+                f"{path}, line {_line(row)}: {column} {value!r} is not one of the classes "
+                f"({', '.join(classes)})"
+            )
+    return labels
+
+
+def _integer_labels(values: Sequence[str], n_classes: int, path: Path, column: str) -> list[int]:
+    labels = []
+    for row, value in enumerate(values):
+        if not _INT.fullmatch(value) or not 0 <= int(value) < n_classes:
+            raise DataError(
+                f"{path}, line {_line(row)}: {column} {value!r} is not an integer in "
+                f"0..{n_classes - 1}"
+            )
+        labels.append(int(value))
+    return labels
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """Visible entries of a folder, sorted by name."""
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _iter_images(folder: Path, extensions: Sequence[str], recursive: bool) -> Iterator[Path]:
+    for entry in _entries(folder):
+        if entry.is_dir():
+            if recursive:
+                yield from _iter_images(Path(entry.path), extensions, recursive)
+        elif os.path.splitext(entry.name)[1].lower() in extensions:
+            yield Path(entry.path)
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in sorted order."""
+    return list(_iter_images(folder, IMAGE_EXTENSIONS, recursive=True))
+
+
+def _index_images(
+    folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True
+) -> dict[str, Path]:
+    """Map file stem -> path for the images under `folder`; the first in sorted order wins.
+
+    One directory scan instead of a stat per candidate path; the first-wins rule makes the
+    choice deterministic when a download holds the same image twice (Kaggle's HAM10000 does).
+    """
+    index: dict[str, Path] = {}
+    for path in _iter_images(folder, extensions, recursive):
+        index.setdefault(path.stem, path)
+    return index
+
+
+def _find_paths(
+    ids: Sequence[str],
+    index: dict[str, Path],
+    folder: Path,
+    suffix: str,
+    csv_path: Path,
+    check_files: bool,
+) -> list[str]:
+    """Absolute image paths of `ids`, looked up in `index`.
+
+    A missing image is an error naming `folder`; with `check_files` off it gets the path
+    `folder/<id><suffix>` instead, so that tests can build tables without image files.
+    """
+    missing = [i for i in ids if i not in index]
+    if check_files:
+        _raise_if_missing(missing, csv_path, folder)
+    guessed = {i: folder / f"{i}{suffix}" for i in missing}
+    return [str(index.get(i) or guessed[i]) for i in ids]
+
+
+def _raise_if_missing(missing: Sequence[str], csv_path: Path, root: Path) -> None:
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) listed in {csv_path} not found under {root}: "
+            f"{', '.join(missing[:_SHOW])}" + (" ..." if len(missing) > _SHOW else "")
+        )
+
+
+def _frame(
+    ids: Sequence[str], paths: Sequence[str], labels: Sequence[int], groups: Sequence[str]
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_id": pd.Series(ids, dtype=str),
+            "path": pd.Series(paths, dtype=str),
+            "label": pd.Series(labels, dtype="int64"),
+            "group": pd.Series(groups, dtype=str),
+        }
+    )

@@ -1,0 +1,205 @@
+"""Train/val/test splits: stratified by label, grouped so that no lesion crosses sets.
+
+A split is a `pd.Series` indexed by image_id with values "train", "val" or "test". It is saved
+as a CSV next to a run, so that a later evaluation uses exactly the same images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from crckd.data.datasets import ImageTable, _line, _read_csv
+from crckd.errors import ConfigError, DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+SCHEMES = ("auto", "holdout", "kfold")
+_SHOW = 5  # how many offending ids an error message lists
+_MAX_FOLDS = 20  # finest grid used to approximate a fraction by whole folds
+
+
+def make_split(
+    table: ImageTable,
+    *,
+    scheme: str = "auto",
+    seed: int = 2020,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    n_folds: int = 5,
+    fold: int = 1,
+) -> pd.Series:
+    """Assign every image of `table` to "train", "val" or "test", deterministically per seed.
+
+    "holdout" takes a stratified, grouped test part of `test_fraction`, then a val part of
+    `val_fraction` (of the whole) from the rest. "kfold" uses fold `fold` (1-based) of
+    `n_folds` stratified folds as test; with unique groups these are the folds of
+    StratifiedKFold(n_folds, shuffle=True, random_state=seed), as in the CRCKD reference code
+    for APTOS; otherwise StratifiedGroupKFold. "auto" is "kfold" for APTOS, else "holdout".
+    Should a class end up with no training image, one of its groups is moved to train.
+    """
+    scheme = _check_arguments(table, scheme, test_fraction, val_fraction, n_folds, fold)
+    labels = table.frame["label"].to_numpy()
+    groups = table.frame["group"].to_numpy()
+    assigned = np.full(len(labels), "train", dtype=object)
+    if scheme == "holdout":
+        test = _stratified_part(labels, groups, test_fraction, seed)
+    else:
+        test = _folds(labels, groups, n_folds, seed)[fold - 1]
+    assigned[test] = "test"
+    if val_fraction > 0:
+        rest = np.flatnonzero(assigned == "train")
+        share = val_fraction * len(labels) / len(rest)
+        assigned[rest[_stratified_part(labels[rest], groups[rest], share, seed)]] = "val"
+    _keep_every_class_in_train(assigned, labels, groups)
+    return _series(table.frame["image_id"], assigned)
+
+
+def check_no_group_leak(table: ImageTable, split: pd.Series) -> None:
+    """Raise DataError if the images of one group (a lesion for HAM10000) are in two sets."""
+    frame = table.frame.assign(split=split.reindex(table.frame["image_id"]).to_numpy())
+    frame = frame.dropna(subset=["split"])
+    n_sets = frame.groupby("group", sort=True)["split"].nunique()
+    leaking = n_sets.index[n_sets > 1]
+    if len(leaking):
+        word = "lesion" if table.name == "ham10000" else "group"
+        rows = frame[frame["group"] == leaking[0]]
+        images = ", ".join(
+            f"{i} ({s})" for i, s in zip(rows["image_id"], rows["split"], strict=True)
+        )
+        raise DataError(
+            f"{len(leaking)} {word}(s) cross sets, a leak; e.g. {word} {leaking[0]}: {images}"
+        )
+
+
+def save_split(split: pd.Series, path: str | Path) -> None:
+    """Write a split as a CSV with the columns image_id,split."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split.rename("split").rename_axis("image_id").to_csv(path, header=True)
+
+
+def load_split(path: str | Path, table: ImageTable) -> pd.Series:
+    """Read a split CSV and check it against `table`: known values, known and complete ids, no
+    duplicate ids and no group crossing sets. Returns it in table order."""
+    path = Path(path)
+    frame = _read_csv(path, ("image_id", "split"))
+    values = frame["split"].str.lower()
+    bad = np.flatnonzero(~values.isin(SPLIT_NAMES))
+    if len(bad):
+        raise DataError(
+            f"{path}, line {_line(bad[0])}: split {frame['split'].iloc[bad[0]]!r} is not one of "
+            f"{', '.join(SPLIT_NAMES)}"
+        )
+    ids = frame["image_id"]
+    _raise_if_any(ids[ids.duplicated()].unique(), f"{path}: duplicate image_id(s)")
+    table_ids = table.frame["image_id"]
+    _raise_if_any(ids[~ids.isin(table_ids)], f"{path}: image_id(s) not in the {table.name} data")
+    _raise_if_any(table_ids[~table_ids.isin(ids)], f"{path} does not assign image(s)")
+    by_id = dict(zip(ids, values, strict=True))
+    split = _series(table_ids, np.array([by_id[i] for i in table_ids], dtype=object))
+    check_no_group_leak(table, split)
+    return split
+
+
+def split_indices(split: pd.Series, table: ImageTable, name: str) -> np.ndarray:
+    """Positions into `table.frame` of the images in set `name`, in table order."""
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"unknown set {name!r}; valid ones are: {', '.join(SPLIT_NAMES)}")
+    assigned = split.reindex(table.frame["image_id"])
+    _raise_if_any(table.frame["image_id"][assigned.isna().to_numpy()], "the split lacks image(s)")
+    return np.flatnonzero(assigned.to_numpy() == name)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _check_arguments(
+    table: ImageTable,
+    scheme: str,
+    test_fraction: float,
+    val_fraction: float,
+    n_folds: int,
+    fold: int,
+) -> str:
+    """Validate the split settings; returns the scheme with "auto" resolved."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown split scheme {scheme!r}; valid ones are: {', '.join(SCHEMES)}")
+    if scheme == "auto":
+        scheme = "kfold" if table.name == "aptos" else "holdout"
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if scheme == "holdout" and not (test_fraction > 0 and test_fraction + val_fraction < 1):
+        raise ConfigError(
+            f"need 0 < test_fraction and test_fraction + val_fraction < 1, "
+            f"got {test_fraction} and {val_fraction}"
+        )
+    if scheme == "kfold":
+        if n_folds < 2 or not 1 <= fold <= n_folds:
+            raise ConfigError(f"need n_folds >= 2 and fold in 1..n_folds, got {n_folds}, {fold}")
+        if val_fraction >= 1 - 1 / n_folds:
+            raise ConfigError(f"val_fraction {val_fraction} leaves no training images")
+    return scheme
+
+
+def _fraction_as_folds(fraction: float, max_folds: int) -> tuple[int, int]:
+    """(taken, n_folds) with taken / n_folds closest to `fraction`, preferring fewer folds."""
+    best = (1.0, 1, 2)
+    for n_folds in range(2, max_folds + 1):
+        taken = min(n_folds - 1, max(1, round(fraction * n_folds)))
+        error = abs(taken / n_folds - fraction)
+        if error < best[0] - 1e-3:
+            best = (error, taken, n_folds)
+    return best[1], best[2]
+
+
+def _folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Test positions of each stratified fold; grouped unless every group is a single image."""
+    x = np.zeros(len(labels))
+    if len(np.unique(groups)) == len(groups):
+        splitter, groups = StratifiedKFold(n_folds, shuffle=True, random_state=seed), None
+    else:
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class smaller than n_folds is handled by the caller
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        try:
+            return [test for _, test in splitter.split(x, labels, groups)]
+        except ValueError as err:
+            raise DataError(f"cannot make {n_folds} stratified folds of this data: {err}") from err
+
+
+def _stratified_part(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """Positions of a stratified, grouped part of about `fraction` of the images."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise DataError(f"cannot split {len(labels)} image(s) in {n_groups} group(s)")
+    taken, n_folds = _fraction_as_folds(fraction, min(_MAX_FOLDS, n_groups))
+    return np.sort(np.concatenate(_folds(labels, groups, n_folds, seed)[:taken]))
+
+
+def _keep_every_class_in_train(
+    assigned: np.ndarray, labels: np.ndarray, groups: np.ndarray
+) -> None:
+    """Move one group (the first by name) of each class missing from train into train."""
+    for label in np.unique(labels):
+        if not np.any((assigned == "train") & (labels == label)):
+            group = np.sort(groups[labels == label])[0]
+            assigned[groups == group] = "train"
+
+
+def _series(ids: pd.Series, values: np.ndarray) -> pd.Series:
+    return pd.Series(
+        values, index=pd.Index(ids.to_numpy(), name="image_id"), name="split", dtype=str
+    )
+
+
+def _raise_if_any(ids: pd.Series | np.ndarray, message: str) -> None:
+    ids = list(ids)
+    if ids:
+        shown = ", ".join(map(str, ids[:_SHOW])) + (" ..." if len(ids) > _SHOW else "")
+        raise DataError(f"{message} ({len(ids)}): {shown}")

@@ -1,0 +1,57 @@
+"""Image transforms of the CRCKD paper, and the teacher-view rotation/flip of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The paper's training augmentation: resize, small affine jitter, horizontal flip."""
+    return T.Compose(
+        [
+            T.Resize((image_size, image_size)),
+            T.RandomAffine(degrees=10, translate=(0.02, 0.02)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Deterministic resize and ImageNet normalisation, for validation and testing."""
+    return T.Compose(
+        [
+            T.Resize((image_size, image_size)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def rotate_flip_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each sample of a [B, C, H, W] batch by a random multiple of 90 degrees, then flip
+    it along the height axis with probability 0.5: CRCKD's perturbation of the teacher's view.
+
+    Samples that share a rotation are rotated together, so the cost is four batched ops at
+    most. The random draws use `generator` (on its own device) for reproducibility.
+    """
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"rotate_flip_batch needs a [B, C, H, W] batch with H == W, got {tuple(x.shape)}"
+        )
+    device = generator.device if generator is not None else torch.device("cpu")
+    batch = x.shape[0]
+    turns = torch.randint(0, 4, (batch,), generator=generator, device=device).to(x.device)
+    flips = (torch.rand(batch, generator=generator, device=device) < 0.5).to(x.device)
+    groups = [torch.nonzero(turns == k).flatten() for k in range(4)]
+    rotated = torch.cat([torch.rot90(x[rows], k, dims=(2, 3)) for k, rows in enumerate(groups)])
+    out = rotated[torch.argsort(torch.cat(groups))]  # back to the input order
+    return torch.where(flips[:, None, None, None], out.flip(2), out)

@@ -1,0 +1,133 @@
+"""Shared tiny fixtures: dataset folders of small random images, and tables without files.
+
+The builders are plain functions so that any test can make a variant
+(`from conftest import make_ham_layout`); `ham_root` and `aptos_root` are the default folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from crckd.data import APTOS_CLASSES, HAM10000_CLASSES, ImageTable
+
+HAM_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
+
+
+def write_image(path: Path, size: tuple[int, int] = (16, 12), seed: int = 0) -> Path:
+    """Write an RGB image of random noise (width, height); the format follows the suffix."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def make_ham_layout(
+    root: Path,
+    n_per_class: int = 4,
+    size: tuple[int, int] = (16, 12),
+    *,
+    folders: Sequence[str] = HAM_PARTS,
+    encoding: str = "utf-8",
+) -> Path:
+    """A HAM10000 folder: HAM10000_metadata.csv and JPEGs spread over `folders` (round robin).
+
+    Lesions hold 1, 2, 3, 1, 2, 3, ... images (cut short at a class end), so grouping matters.
+    Image ids are ISIC_0000000, ISIC_0000001, ... in class order (HAM10000_CLASSES).
+    """
+    rows, lesion = [], 0
+    for dx in HAM10000_CLASSES:
+        made = 0
+        while made < n_per_class:
+            k = min(lesion % 3 + 1, n_per_class - made)
+            for _ in range(k):
+                image_id = f"ISIC_{len(rows):07d}"
+                rows.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": image_id, "dx": dx})
+            made, lesion = made + k, lesion + 1
+    meta = pd.DataFrame(rows).assign(dx_type="histo", age=50.0, sex="male", localization="back")
+    root.mkdir(parents=True, exist_ok=True)
+    meta.to_csv(root / "HAM10000_metadata.csv", index=False, encoding=encoding)
+    for i, image_id in enumerate(meta["image_id"]):
+        write_image(root / folders[i % len(folders)] / f"{image_id}.jpg", size, seed=i)
+    return root
+
+
+def make_aptos_layout(
+    root: Path,
+    n_per_class: int = 3,
+    size: tuple[int, int] = (16, 16),
+    *,
+    extensions: Sequence[str] = (".png", ".jpg"),
+) -> Path:
+    """An APTOS folder: train.csv (id_code,diagnosis) and train_images/<id_code><ext>, the
+    extensions taken in turn."""
+    ids = [f"{i:012x}" for i in range(len(APTOS_CLASSES) * n_per_class)]
+    grades = [i // n_per_class for i in range(len(ids))]
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id_code": ids, "diagnosis": grades}).to_csv(root / "train.csv", index=False)
+    for i, id_code in enumerate(ids):
+        write_image(root / "train_images" / f"{id_code}{extensions[i % len(extensions)]}", size, i)
+    return root
+
+
+def make_imagefolder_layout(
+    root: Path, classes: Sequence[str] = ("benign", "malignant"), n_per_class: int = 3
+) -> Path:
+    """An image folder: root/<class>/img<i>.png."""
+    for c, name in enumerate(classes):
+        for i in range(n_per_class):
+            write_image(root / name / f"img{i}.png", seed=10 * c + i)
+    return root
+
+
+def make_table(
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    *,
+    name: str = "csv",
+    classes: Sequence[str] | None = None,
+) -> ImageTable:
+    """An ImageTable without image files, for split tests; groups default to one per image."""
+    ids = [f"img{i:05d}" for i in range(len(labels))]
+    classes = tuple(classes or (str(c) for c in range(max(labels) + 1)))
+    frame = pd.DataFrame(
+        {
+            "image_id": ids,
+            "path": [f"/nonexistent/{i}.jpg" for i in ids],
+            "label": np.asarray(labels, dtype="int64"),
+            "group": list(groups) if groups is not None else ids,
+        }
+    )
+    return ImageTable(name, Path("/nonexistent"), classes, frame, ordinal=name == "aptos")
+
+
+def lesion_table(class_sizes: Sequence[int], seed: int = 0) -> ImageTable:
+    """A HAM-like table without files: per class, lesions of 1 to 4 images (random sizes)."""
+    rng = np.random.default_rng(seed)
+    labels, groups = [], []
+    for label, n in enumerate(class_sizes):
+        made = 0
+        while made < n:
+            k = min(int(rng.integers(1, 5)), n - made)
+            labels += [label] * k
+            groups += [f"L{label}_{made:05d}"] * k
+            made += k
+    return make_table(labels, groups, name="ham10000", classes=HAM10000_CLASSES[: len(class_sizes)])
+
+
+@pytest.fixture
+def ham_root(tmp_path: Path) -> Path:
+    """A tiny HAM10000 folder (4 images per class, two image folders)."""
+    return make_ham_layout(tmp_path / "ham10000")
+
+
+@pytest.fixture
+def aptos_root(tmp_path: Path) -> Path:
+    """A tiny APTOS folder (3 images per grade, .png and .jpg mixed)."""
+    return make_aptos_layout(tmp_path / "aptos")
