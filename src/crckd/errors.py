@@ -18,3 +18,11 @@ class DataError(CrckdError):
 
 class CheckpointError(CrckdError):
     """A checkpoint that is missing, incompatible or unsafe to load."""
+
+
+class RunFolderError(CrckdError):
+    """An output folder that holds another run, or cannot be written."""
+
+
+class NumericalError(CrckdError):
+    """A loss term became NaN or infinite; the last good checkpoint is kept."""

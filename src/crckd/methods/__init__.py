@@ -1,0 +1,22 @@
+"""Training methods: each owns the student, any teacher, heads and memory banks."""
+
+from crckd.methods import ce, mean_teacher  # noqa: F401  (registration)
+from crckd.methods import crckd as _crckd  # noqa: F401  (registration)
+from crckd.methods.base import Method, MethodContext
+from crckd.methods.registry import (
+    METHODS,
+    MethodSpec,
+    available_methods,
+    get_method,
+    register_method,
+)
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "MethodSpec",
+    "available_methods",
+    "get_method",
+    "register_method",
+]

@@ -1,0 +1,7 @@
+"""`python -m crckd` is the same as the `crckd` command."""
+
+import sys
+
+from crckd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""Command-line interface: a thin layer over the library (`crckd.engine`, `crckd.demo`).
+
+User errors (config, data, checkpoints, run folders) print one message and exit with code 2,
+before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crckd import __version__
+from crckd.errors import CrckdError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from crckd.config import build_config, deep_merge, parse_override, read_yaml
+    from crckd.engine import RunFolder, train
+    from crckd.engine.metrics import format_metrics_table
+
+    if args.resume:
+        run = RunFolder(Path(args.resume))
+        if not run.config.exists():
+            raise CrckdError(f"--resume {args.resume}: no config.yaml there, not a run folder")
+        raw = read_yaml(run.config)
+        raw["output_dir"] = str(run.root)
+    elif args.config:
+        raw = read_yaml(args.config)
+    else:
+        raw = {}
+    for text in args.overrides:
+        raw = deep_merge(raw, parse_override(text))
+    config = build_config(raw, source=args.resume or args.config or "overrides")
+    result = train(config, resume=bool(args.resume), overwrite=args.overwrite)
+    print(format_metrics_table(result.metrics))
+    print(f"run folder: {result.run_dir}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from crckd.engine import evaluate_checkpoint
+    from crckd.engine.metrics import format_metrics_table
+
+    metrics = evaluate_checkpoint(
+        args.checkpoint,
+        args.dataset,
+        args.data_root,
+        args.out,
+        split=args.split,
+        split_file=args.split_file,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(format_metrics_table(metrics))
+    print(f"metrics: {Path(args.out) / 'metrics.json'}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from crckd.engine import predict_paths
+
+    frame = predict_paths(
+        args.checkpoint, args.paths, args.out, batch_size=args.batch_size, device=args.device
+    )
+    print(f"{len(frame)} images -> {args.out}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from crckd.demo import run_demo
+
+    run_demo(Path(args.out), methods=args.methods, epochs=args.epochs)
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from crckd.methods import available_methods
+
+    specs = available_methods()
+    width = max(len(spec.name) for spec in specs)
+    for spec in specs:
+        print(f"{spec.name:<{width}}  {spec.summary}\n{'':<{width}}  [{spec.reference}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `crckd` argument parser with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="crckd",
+        description="Knowledge distillation for medical image classification (CRCKD and baselines).",
+    )
+    parser.add_argument("--version", action="version", version=f"crckd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("-c", "--config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in output_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset folder")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
+    p.add_argument("--dataset", required=True, choices=["ham10000", "aptos", "csv", "imagefolder"])
+    p.add_argument("--data-root", required=True, help="dataset folder, as downloaded")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val", "train", "all"],
+        help="'all' evaluates every image (external test set); others use the run's split",
+    )
+    p.add_argument("--split-file", help="split.csv to use instead of the run's")
+    p.add_argument("--out", required=True, help="folder for metrics.json and per_class.csv")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="class probabilities for image files or folders")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="CSV to write (one row per image)")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="train ce, mt and crckd on the shipped HAM10000 sample")
+    p.add_argument("--out", default="runs/demo", help="parent folder of the demo runs")
+    p.add_argument("--methods", nargs="+", default=["ce", "mt", "crckd"])
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("methods", help="list the registered methods and their papers")
+    p.set_defaults(func=_cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `crckd` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CrckdError as exc:
+        print(f"crckd: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("crckd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""From a config to the tables, split and loaders a run trains on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from crckd.config import Config
+from crckd.data import (
+    ImageDataset,
+    ImageTable,
+    load_split,
+    load_table,
+    make_split,
+    split_indices,
+)
+from crckd.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A dataset with its split resolved into positions of `table.frame`."""
+
+    table: ImageTable
+    split: pd.Series
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.table.classes
+
+    def labels(self, positions: np.ndarray) -> np.ndarray:
+        return self.table.frame["label"].to_numpy()[positions]
+
+    def paths(self, positions: np.ndarray) -> list[str]:
+        return self.table.frame["path"].to_numpy()[positions].tolist()
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """Read the dataset and its split (given or made), refusing empty or leaking splits."""
+    data = config.data
+    if data.root is None:
+        raise ConfigError("data.root is not set: point it at the dataset folder")
+    table = load_table(data.dataset, data.root, csv=data.csv, classes=data.classes)
+    if data.split_file is not None:
+        split = load_split(data.split_file, table)
+    else:
+        split = make_split(
+            table,
+            scheme=data.split,
+            seed=data.split_seed,
+            test_fraction=data.test_fraction,
+            val_fraction=data.val_fraction,
+            n_folds=data.n_folds,
+            fold=data.fold,
+        )
+    parts = {name: split_indices(split, table, name) for name in ("train", "val", "test")}
+    for name, positions in parts.items():
+        if len(positions) == 0:
+            raise DataError(f"the {name} split of {data.root} is empty")
+    return PreparedData(table, split, parts["train"], parts["val"], parts["test"])
+
+
+def class_weights(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
+    """w_c = N / n_c over the training split (§b weighted CE); every class must be present."""
+    counts = np.bincount(labels, minlength=len(classes))
+    missing = [classes[c] for c in np.flatnonzero(counts == 0)]
+    if missing:
+        raise DataError(f"no training image for class(es) {', '.join(missing)}")
+    return torch.tensor(len(labels) / counts, dtype=torch.float32)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed seed per (run seed, epoch), so a resumed epoch replays exactly."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _seed_worker(worker_id: int) -> None:
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def make_loader(
+    paths: list[str],
+    labels: np.ndarray | None,
+    transform: Callable,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    views: int = 1,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose shuffling and worker seeds follow `seed` exactly."""
+    dataset = ImageDataset(paths, None if labels is None else labels.tolist(), transform, views)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,178 @@
+"""Inference with a trained student: probabilities, evaluation of a checkpoint, prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from crckd.data import ImageTable, eval_transform, list_images, load_split, load_table, split_indices
+from crckd.engine.checkpoint import load_checkpoint
+from crckd.engine.data import make_loader
+from crckd.engine.metrics import classification_metrics, per_class_table
+from crckd.engine.run_folder import RunFolder, atomic_write_text
+from crckd.errors import CheckpointError, ConfigError, DataError
+from crckd.models import Classifier, build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; other names are checked, not trusted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device name") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
+    return device
+
+
+@torch.no_grad()
+def predict_probs(
+    model: Classifier,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    desc: str = "predict",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities [N, C] and labels [N] of the student in eval mode."""
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        logits = model(batch["image"].to(device)).logits
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(batch["label"])
+    model.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@dataclass(frozen=True)
+class LoadedStudent:
+    """A student rebuilt from a checkpoint with what is needed to feed it."""
+
+    model: Classifier
+    classes: tuple[str, ...]
+    image_size: int
+    config: dict[str, Any]
+
+
+def load_student(checkpoint: str | Path, device: torch.device | None = None) -> LoadedStudent:
+    """Rebuild the student of a crckd checkpoint (best.pt or last.pt), in eval mode."""
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    classes = tuple(state["classes"])
+    model = build_model(
+        config["model"]["backbone"],
+        len(classes),
+        pretrained=False,
+        feat_dim=config["model"]["feat_dim"],
+    )
+    try:
+        model.load_state_dict(state["student"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: student weights do not fit the model ({exc})") from None
+    model.to(device or torch.device("cpu")).eval()
+    return LoadedStudent(model, classes, int(config["data"]["image_size"]), config)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset: str,
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    split_file: str | Path | None = None,
+    kappa_weights: str | None = "auto",
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on a dataset folder, written to `out_dir/metrics.json`.
+
+    `split="all"` uses every image (an external test set); `split="test"` uses the test part of
+    `split_file`, by default the split.csv of the run the checkpoint belongs to.
+    """
+    torch_device = resolve_device(device)
+    student = load_student(checkpoint, torch_device)
+    table = load_table(dataset, data_root, classes=student.classes)
+    if tuple(table.classes) != student.classes:
+        raise DataError(
+            f"{data_root}: classes {list(table.classes)} differ from the checkpoint's "
+            f"{list(student.classes)}"
+        )
+    positions = _positions(table, split, split_file, Path(checkpoint))
+    frame = table.frame.iloc[positions]
+    loader = make_loader(
+        frame["path"].tolist(),
+        frame["label"].to_numpy(),
+        eval_transform(student.image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+    )
+    probs, labels = predict_probs(student.model, loader, torch_device, desc="eval", progress=progress)
+    if kappa_weights == "auto":
+        kappa_weights = "quadratic" if table.ordinal else None
+    metrics = classification_metrics(labels, probs, student.classes, kappa_weights)
+    metrics["checkpoint"] = str(checkpoint)
+    metrics["split"] = split
+    out = RunFolder(Path(out_dir))
+    out.write_metrics(metrics)
+    per_class_table(metrics).to_csv(out.per_class, index=False)
+    return metrics
+
+
+def _positions(
+    table: ImageTable, split: str, split_file: str | Path | None, checkpoint: Path
+) -> np.ndarray:
+    if split == "all":
+        return np.arange(len(table.frame))
+    path = Path(split_file) if split_file else RunFolder(checkpoint.parent.parent).split
+    if not path.exists():
+        raise DataError(
+            f"--split {split} needs the run's split file; {path} does not exist "
+            "(pass --split-file, or --split all for an external test set)"
+        )
+    return split_indices(load_split(path, table), table, split)
+
+
+def predict_paths(
+    checkpoint: str | Path,
+    paths: list[str | Path],
+    out_csv: str | Path,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Class probabilities and the top class for every image under `paths`, saved as CSV."""
+    torch_device = resolve_device(device)
+    student = load_student(checkpoint, torch_device)
+    files = [str(p) for p in list_images(paths)]
+    loader = make_loader(
+        files,
+        None,
+        eval_transform(student.image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+    )
+    probs, _ = predict_probs(student.model, loader, torch_device, progress=progress)
+    frame = pd.DataFrame({"path": files})
+    for c, name in enumerate(student.classes):
+        frame[f"prob_{name}"] = probs[:, c]
+    frame["predicted"] = [student.classes[i] for i in probs.argmax(axis=1)]
+    frame["confidence"] = probs.max(axis=1)
+    out_csv = Path(out_csv)
+    atomic_write_text(out_csv, frame.to_csv(index=False))
+    return frame

@@ -1,0 +1,311 @@
+"""The training loop: one loop for every method, which only sees named loss terms."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from crckd.config import Config, config_to_dict
+from crckd.data import eval_transform, save_split, train_transform
+from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
+from crckd.engine.data import (
+    PreparedData,
+    class_weights,
+    epoch_seed,
+    make_loader,
+    prepare_data,
+    seed_everything,
+)
+from crckd.engine.evaluate import predict_probs, resolve_device
+from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_class_table
+from crckd.engine.run_folder import RunFolder
+from crckd.errors import ConfigError, NumericalError
+from crckd.methods import Method, MethodContext, get_method
+from crckd.models import build_model
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run produced: its folder and the test metrics of the selected model."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def default_run_dir(config: Config) -> Path:
+    """runs/<dataset>-<method>-<backbone>-s<seed>[-fold<k>] when output_dir is not set."""
+    if config.output_dir is not None:
+        return Path(config.output_dir)
+    name = f"{config.data.dataset}-{config.method.name}-{config.model.backbone}-s{config.train.seed}"
+    if config.data.dataset == "aptos" and config.data.split in ("auto", "kfold"):
+        name += f"-fold{config.data.fold}"
+    return Path("runs") / name
+
+
+def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Train and evaluate one run as the config says; see `Trainer`."""
+    return Trainer(config, resume=resume, overwrite=overwrite).fit()
+
+
+class Trainer:
+    """Builds data, model and method from a config, then trains, selects and tests.
+
+    Everything that can be checked (config, data, split, model name, weights) is checked in the
+    constructor, before the run folder is touched.
+    """
+
+    def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.run = RunFolder(default_run_dir(config))
+        train_cfg = config.train
+        if train_cfg.select_metric not in SCALAR_METRICS:
+            raise ConfigError(
+                f"train.select_metric {train_cfg.select_metric!r} is not one of {SCALAR_METRICS}"
+            )
+        self.device = resolve_device(train_cfg.device)
+        seed_everything(train_cfg.seed)
+        if train_cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.data = prepare_data(config)
+        spec = get_method(config.method.name)
+        train_labels = self.data.labels(self.data.train)
+        weights = class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
+        context = MethodContext(
+            num_classes=len(self.data.classes),
+            train_labels=train_labels,
+            class_weights=weights,
+            epochs=train_cfg.epochs,
+        )
+        student = build_model(
+            config.model.backbone,
+            len(self.data.classes),
+            pretrained=config.model.pretrained,
+            feat_dim=config.model.feat_dim,
+            drop_rate=config.model.drop_rate,
+        )
+        self.method: Method = spec.cls(student, config.method, context).to(self.device)
+        self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
+        self.loaders = self._make_eval_loaders()
+        self.steps_per_epoch = math.ceil(len(self.data.train) / train_cfg.batch_size)
+        self.optimizer = torch.optim.Adam(
+            self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+        )
+        self.scheduler = self._make_scheduler()
+        self.run.prepare(resume=resume, overwrite=overwrite)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.config.train
+        if cfg.scheduler == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=cfg.lr,
+            total_steps=cfg.epochs * self.steps_per_epoch,
+            pct_start=cfg.pct_start,
+        )
+
+    def _make_eval_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
+        transform = eval_transform(self.config.data.image_size)
+        return {
+            name: make_loader(
+                self.data.paths(positions),
+                self.data.labels(positions),
+                transform,
+                batch_size=self.config.train.batch_size,
+                shuffle=False,
+                num_workers=self.config.data.num_workers,
+            )
+            for name, positions in (("val", self.data.val), ("test", self.data.test))
+        }
+
+    def _train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        return make_loader(
+            self.data.paths(self.data.train),
+            self.data.labels(self.data.train),
+            train_transform(self.config.data.image_size),
+            batch_size=self.config.train.batch_size,
+            shuffle=True,
+            num_workers=self.config.data.num_workers,
+            views=self.method.views,
+            seed=epoch_seed(self.config.train.seed, epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def fit(self) -> RunResult:
+        """Train all remaining epochs, then test the model selected on the validation split."""
+        state = self._start_state()
+        train_cfg = self.config.train
+        writer = SummaryWriter(self.run.tensorboard)
+        try:
+            for epoch in range(state["epoch"], train_cfg.epochs):
+                record = self._run_epoch(epoch, state)
+                state["history"].append(record)
+                state["epoch"] = epoch + 1
+                self._log_epoch(writer, record)
+                improved = record[f"val_{train_cfg.select_metric}"] > state["best_score"]
+                if improved:
+                    state["best_score"] = record[f"val_{train_cfg.select_metric}"]
+                    state["best_epoch"] = epoch
+                    save_checkpoint(self._best_state(epoch), self.run.best_checkpoint)
+                save_checkpoint(self._full_state(state), self.run.last_checkpoint)
+                self.run.write_epochs(state["history"])
+        finally:
+            writer.close()
+        return self._finish(state)
+
+    def _start_state(self) -> dict[str, Any]:
+        if self.resume:
+            return self._restore(load_checkpoint(self.run.last_checkpoint))
+        self.run.write_config(config_to_dict(self.config))
+        save_split(self.data.split, self.run.split)
+        return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
+
+    def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config.train
+        seed = epoch_seed(cfg.seed, epoch)
+        seed_everything(seed)
+        self.method.seed(seed)
+        if cfg.epoch_start_lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.epoch_start_lr
+        weights = self.method.loss_weights(epoch)
+        sums: dict[str, float] = defaultdict(float)
+        started = time.perf_counter()
+        self.method.train()
+        loader = self._train_loader(epoch)
+        bar = tqdm(
+            loader,
+            desc=f"{self.config.method.name} epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not cfg.progress,
+        )
+        for batch in bar:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            terms = self.method.training_losses(batch, epoch)
+            total = self._weighted_total(terms, weights, epoch, state["step"])
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.method.after_step(state["step"])
+            state["step"] += 1
+            sums["loss"] += total.item()
+            for name, value in terms.items():
+                sums[name] += value.item()
+            bar.set_postfix(loss=f"{total.item():.3f}")
+        batches = max(len(loader), 1)
+        record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{name}": value / batches for name, value in sums.items()})
+        record.update({f"weight_{name}": value for name, value in weights.items()})
+        record["train_seconds"] = time.perf_counter() - started
+        record.update(self._evaluate_split("val", prefix="val_"))
+        if epoch >= cfg.epochs - cfg.report_last_k:
+            record.update(self._evaluate_split("test", prefix="test_"))
+        return record
+
+    def _weighted_total(
+        self, terms: dict[str, torch.Tensor], weights: dict[str, float], epoch: int, step: int
+    ) -> torch.Tensor:
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise NumericalError(
+                    f"loss term '{name}' is {value.item()} at epoch {epoch + 1}, step {step}; "
+                    f"the last good checkpoint is {self.run.last_checkpoint}"
+                )
+        return sum(weights[name] * value for name, value in terms.items() if weights[name] != 0)
+
+    def _evaluate_split(self, name: str, prefix: str) -> dict[str, float]:
+        metrics = self._metrics(name)
+        return {f"{prefix}{key}": metrics[key] for key in SCALAR_METRICS}
+
+    def _metrics(self, name: str) -> dict[str, Any]:
+        probs, labels = predict_probs(
+            self.method.student,
+            self.loaders[name],
+            self.device,
+            desc=f"eval {name}",
+            progress=self.config.train.progress,
+        )
+        return classification_metrics(labels, probs, self.data.classes, self.kappa)
+
+    def _log_epoch(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                group, _, name = key.partition("_")
+                writer.add_scalar(f"{group}/{name}", value, epoch)
+        if self.config.train.progress:
+            metric = self.config.train.select_metric
+            tqdm.write(
+                f"epoch {epoch + 1}/{self.config.train.epochs}  loss {record['train_loss']:.4f}  "
+                f"val {metric} {record[f'val_{metric}']:.4f}  ({record['train_seconds']:.1f}s)"
+            )
+
+    def _best_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "kind": "student",
+            "config": config_to_dict(self.config),
+            "classes": list(self.data.classes),
+            "epoch": epoch,
+            "student": self.method.student.state_dict(),
+        }
+
+    def _full_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "kind": "training",
+            "config": config_to_dict(self.config),
+            "classes": list(self.data.classes),
+            "epoch": state["epoch"] - 1,
+            "student": self.method.student.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": {k: state[k] for k in ("epoch", "step", "best_score", "best_epoch")},
+            "history": state["history"],
+        }
+
+    def _restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        self.method.load_state_dict(checkpoint["method"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = dict(checkpoint["progress"])
+        progress["history"] = list(checkpoint["history"])
+        return progress
+
+    def _finish(self, state: dict[str, Any]) -> RunResult:
+        best = load_checkpoint(self.run.best_checkpoint)
+        self.method.student.load_state_dict(best["student"])
+        metrics = self._metrics("test")
+        cfg = self.config.train
+        last = [r for r in state["history"] if f"test_{cfg.select_metric}" in r][-cfg.report_last_k :]
+        metrics.update(
+            {
+                "method": self.config.method.name,
+                "selected_epoch": state["best_epoch"],
+                "select_metric": cfg.select_metric,
+                "last_epochs_mean": {
+                    key: float(np.mean([r[f"test_{key}"] for r in last])) for key in SCALAR_METRICS
+                },
+                "last_epochs": len(last),
+            }
+        )
+        self.run.write_metrics(metrics)
+        per_class_table(metrics).to_csv(self.run.per_class, index=False)
+        return RunResult(self.run.root, metrics)
+
+
+def _kappa_weights(setting: str, ordinal: bool) -> str | None:
+    if setting == "auto":
+        return "quadratic" if ordinal else None
+    return None if setting == "none" else setting

@@ -1,0 +1,69 @@
+"""The method interface the trainer talks to.
+
+A method is an `nn.Module` that owns the student and whatever else it trains or keeps (teacher,
+projection heads, memory banks), so that one `state_dict()` checkpoints all of it. Each step it
+returns a mapping of named, unweighted loss terms; `loss_weights(epoch)` says how much each
+counts that epoch. The trainer sums `weight * term`, logs every term, and calls `after_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crckd.config import MethodConfig
+from crckd.models import Classifier
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the data: derived from the training split, never typed in."""
+
+    num_classes: int
+    train_labels: np.ndarray
+    class_weights: Tensor | None
+    epochs: int
+
+
+class Method(nn.Module):
+    """Base class: weighted cross-entropy on the student only (the `ce` baseline)."""
+
+    views: ClassVar[int] = 1
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        super().__init__()
+        self.student = student
+        self.config = config
+        self.context = context
+        weights = context.class_weights
+        self.register_buffer("class_weights", weights if weights is not None else None)
+        self.generator = torch.Generator()
+
+    def seed(self, seed: int) -> None:
+        """Reseed the method's own random draws (views, contrast sets); called every epoch."""
+        self.generator.manual_seed(seed)
+
+    def cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Class-weighted CE, mean normalised by the weights as in PyTorch (§b losses)."""
+        return F.cross_entropy(logits, labels, weight=self.class_weights)
+
+    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        """Unweighted loss terms for one batch; terms whose weight is 0 may be left out."""
+        output = self.student(batch["image"])
+        return {"ce": self.cross_entropy(output.logits, batch["label"])}
+
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        """Weight of each named term at `epoch` (0-based)."""
+        return {"ce": 1.0}
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (EMA updates live here)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (never the teacher's)."""
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,107 @@
+"""CRCKD: mean teacher + class-guided contrastive distillation (CCD) + categorical relation
+preserving (CRP). Xing et al., MICCAI 2021; see docs/crckd.md for every departure from the
+reference code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crckd.config import MethodConfig
+from crckd.data import ContrastSampler
+from crckd.losses import ContrastMemory, ProjectionHead, ccd_loss, class_centroids, crp_loss
+from crckd.methods.base import MethodContext
+from crckd.methods.mean_teacher import MeanTeacher
+from crckd.methods.registry import register_method
+from crckd.models import Classifier
+
+_REFERENCE = "Xing et al., MICCAI 2021 (arXiv 2107.03225)"
+
+
+@register_method(
+    "crckd",
+    summary="mean teacher + CCD (multi-positive, class-guided negatives) + CRP",
+    reference=_REFERENCE,
+)
+@register_method(
+    "mt+ccd",
+    summary="ablation: mean teacher + CCD, no CRP",
+    reference=_REFERENCE,
+    defaults={"crp": {"weight": 0.0}},
+)
+@register_method(
+    "mt+crp",
+    summary="ablation: mean teacher + CRP, no CCD (banks still updated)",
+    reference=_REFERENCE,
+    defaults={"ccd": {"weight": 0.0}},
+)
+@register_method(
+    "crckd-unsup",
+    summary="CCD mode 'unsup': negatives from any other sample, as in CRD",
+    reference=_REFERENCE,
+    defaults={"ccd": {"negatives": "unsup"}},
+)
+@register_method(
+    "crckd-exact",
+    summary="CCD mode 'exact': one positive, the anchor itself (P = 1)",
+    reference=_REFERENCE,
+    defaults={"ccd": {"positives": "exact"}},
+)
+class CRCKD(MeanTeacher):
+    """Student, EMA teacher, two projection heads and two memory banks of N x D."""
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        super().__init__(student, config, context)
+        ccd = config.ccd
+        feat_dim = student.bottleneck.out_features
+        self.embed_student = ProjectionHead(feat_dim, ccd.embed_dim)
+        self.embed_teacher = ProjectionHead(feat_dim, ccd.embed_dim)
+        n_data = len(context.train_labels)
+        self.memory = ContrastMemory(ccd.embed_dim, n_data, ccd.temperature, ccd.momentum)
+        self.sampler = ContrastSampler(
+            context.train_labels,
+            num_positives=ccd.num_positives,
+            num_negatives=ccd.num_negatives,
+            negatives=ccd.negatives,
+            positives=ccd.positives,
+        )
+        self.register_buffer("train_labels", torch.as_tensor(context.train_labels).long())
+
+    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        weights = self.loss_weights(epoch)
+        student = self.student(batch["image"])
+        teacher = self.teacher_output(batch)
+        terms = {"ce": self.cross_entropy(student.logits, batch["label"])}
+        if weights["kl"] > 0:
+            terms["kl"] = self.consistency(student.logits, teacher.logits)
+        emb_s = self.embed_student(student.features)
+        emb_t = self.embed_teacher(teacher.features)
+        index = batch["index"]
+        if weights["ccd"] > 0:
+            contrast = self.sampler.sample(index.cpu(), generator=self.generator).to(index.device)
+            h_s, h_t = self.memory.scores(emb_s, emb_t, contrast)
+            ccd_s, ccd_t = ccd_loss(h_s, h_t, self.sampler.num_positives, self.memory.n_data)
+            terms["ccd"] = ccd_s + ccd_t
+        self.memory.update(emb_s.detach(), emb_t.detach(), index)
+        if weights["crp"] > 0:
+            terms["crp"] = self.relation_loss(emb_s, emb_t)
+        return terms
+
+    def relation_loss(self, emb_s: Tensor, emb_t: Tensor) -> Tensor:
+        """CRP against class centroids of the banks, after this batch's update (§b CRP)."""
+        classes = self.context.num_classes
+        centroids_s = class_centroids(self.memory.memory_s, self.train_labels, classes)
+        centroids_t = class_centroids(self.memory.memory_t, self.train_labels, classes)
+        return crp_loss(emb_s, emb_t, centroids_s, centroids_t, self.config.ccd.temperature)
+
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        ccd, crp = self.config.ccd, self.config.crp
+        ccd_weight = ccd.weight if epoch >= ccd.begin_epoch else 0.0
+        if ccd.late_weight is not None and epoch >= self.config.consistency.begin_epoch:
+            ccd_weight = ccd.late_weight
+        return {
+            **super().loss_weights(epoch),
+            "ccd": ccd_weight,
+            "crp": crp.weight if epoch >= crp.begin_epoch else 0.0,
+        }

@@ -1,0 +1,74 @@
+"""Config parsing: overrides, presets, method defaults and the errors users see."""
+
+from pathlib import Path
+
+import pytest
+
+from crckd.config import Config, load_config, parse_override
+from crckd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_override_parses_yaml_values_into_nested_keys():
+    assert parse_override("train.epochs=2") == {"train": {"epochs": 2}}
+    assert parse_override("model.pretrained=false") == {"model": {"pretrained": False}}
+    assert parse_override("data.classes=[a, b]") == {"data": {"classes": ["a", "b"]}}
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'.*did you mean 'epochs'"):
+        load_config(overrides=["train.epoch=3"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        load_config(overrides=["train.batch_size=many"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_with_python_tags_is_not_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(ConfigError, match="Known: .*crckd"):
+        load_config(overrides=["method.name=crkd"])
+
+
+def test_ablation_defaults_apply_and_user_overrides_win():
+    assert load_config(overrides=["method.name=mt+crp"]).method.ccd.weight == 0.0
+    config = load_config(overrides=["method.name=mt+crp", "method.ccd.weight=0.5"])
+    assert config.method.ccd.weight == 0.5
+
+
+def test_paper_faithful_preset_sets_reference_behaviour_under_user_values():
+    config = load_config(overrides=["method.name=crckd", "method.preset=paper_faithful"])
+    assert config.method.ccd.late_weight == 0.01
+    assert config.method.ema.include_buffers is False
+    assert config.method.ema.teacher_mode == "train"
+    assert config.train.report_last_k == 11
+    assert Config().method.ccd.late_weight is None
+    overridden = load_config(
+        overrides=["method.preset=paper_faithful", "train.report_last_k=5"]
+    )
+    assert overridden.train.report_last_k == 5
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=str)
+def test_shipped_configs_are_valid_and_paper_sized(path):
+    config = load_config(path)
+    assert config.model.backbone == "densenet121"
+    assert (config.data.image_size, config.train.epochs, config.train.batch_size) == (224, 80, 64)

@@ -1,0 +1,24 @@
+"""The method registry and `crckd methods`."""
+
+from crckd.cli import main
+from crckd.methods import available_methods, get_method
+from crckd.methods.crckd import CRCKD
+
+
+def test_required_methods_are_registered_with_references():
+    names = {spec.name for spec in available_methods()}
+    assert {"ce", "mt", "crckd", "mt+ccd", "mt+crp", "crckd-unsup", "crckd-exact"} <= names
+    assert all(spec.reference for spec in available_methods())
+
+
+def test_ablations_share_the_crckd_class_with_other_defaults():
+    assert get_method("mt+ccd").cls is CRCKD
+    assert get_method("mt+ccd").defaults == {"crp": {"weight": 0.0}}
+    assert get_method("crckd-exact").defaults == {"ccd": {"positives": "exact"}}
+
+
+def test_methods_command_lists_every_method(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for spec in available_methods():
+        assert spec.name in out
