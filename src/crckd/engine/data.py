@@ -107,6 +107,7 @@ def make_loader(
     views: int = 1,
     seed: int = 0,
     pin_memory: bool = False,
+    drop_last: bool = False,
 ) -> DataLoader:
     """A loader whose shuffling and worker seeds follow `seed` exactly."""
     dataset = ImageDataset(paths, None if labels is None else labels.tolist(), transform, views)
@@ -120,4 +121,5 @@ def make_loader(
         worker_init_fn=_seed_worker,
         generator=generator,
         pin_memory=pin_memory,
+        drop_last=drop_last,
     )

@@ -97,7 +97,11 @@ class Trainer:
         self.method: Method = spec.cls(student, config.method, context).to(self.device)
         self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.loaders = self._make_eval_loaders()
-        self.steps_per_epoch = math.ceil(len(self.data.train) / train_cfg.batch_size)
+        # BatchNorm cannot train on a batch of one image: drop such a last batch only.
+        self.drop_last = len(self.data.train) % train_cfg.batch_size == 1
+        self.steps_per_epoch = len(self.data.train) // train_cfg.batch_size + int(
+            len(self.data.train) % train_cfg.batch_size > 1
+        )
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
@@ -140,6 +144,7 @@ class Trainer:
             views=self.method.views,
             seed=epoch_seed(self.config.train.seed, epoch),
             pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
         )
 
     def fit(self) -> RunResult:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from crckd.config import MethodConfig
 from crckd.data import ContrastSampler
+from crckd.errors import ConfigError
 from crckd.losses import ContrastMemory, ProjectionHead, ccd_loss, class_centroids, crp_loss
 from crckd.methods.base import MethodContext
 from crckd.methods.mean_teacher import MeanTeacher
@@ -59,13 +60,16 @@ class CRCKD(MeanTeacher):
         self.embed_teacher = ProjectionHead(feat_dim, ccd.embed_dim)
         n_data = len(context.train_labels)
         self.memory = ContrastMemory(ccd.embed_dim, n_data, ccd.temperature, ccd.momentum)
-        self.sampler = ContrastSampler(
-            context.train_labels,
-            num_positives=ccd.num_positives,
-            num_negatives=ccd.num_negatives,
-            negatives=ccd.negatives,
-            positives=ccd.positives,
-        )
+        try:
+            self.sampler = ContrastSampler(
+                context.train_labels,
+                num_positives=ccd.num_positives,
+                num_negatives=ccd.num_negatives,
+                negatives=ccd.negatives,
+                positives=ccd.positives,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"method.ccd: {exc}") from None
         self.register_buffer("train_labels", torch.as_tensor(context.train_labels).long())
 
     def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:

@@ -1,0 +1,17 @@
+"""Models: the paper's classifier on any timm backbone, pretrained weights and the EMA teacher."""
+
+from crckd.models.classifier import Classifier, ClassifierOutput, build_model, check_backbone_name
+from crckd.models.ema import ema_update, make_teacher
+from crckd.models.pretrained import PRETRAINED_SOURCES, PretrainedSource, load_backbone_weights
+
+__all__ = [
+    "PRETRAINED_SOURCES",
+    "Classifier",
+    "ClassifierOutput",
+    "PretrainedSource",
+    "build_model",
+    "check_backbone_name",
+    "ema_update",
+    "load_backbone_weights",
+    "make_teacher",
+]

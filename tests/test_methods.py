@@ -1,0 +1,166 @@
+"""Methods: loss terms, their schedule, gradient routing, EMA and memory updates."""
+
+import numpy as np
+import pytest
+import torch
+
+from crckd.config import load_config
+from crckd.errors import ConfigError
+from crckd.losses import sigmoid_rampup
+from crckd.methods import MethodContext, get_method
+from crckd.models import build_model
+
+NUM_CLASSES = 3
+LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
+
+
+def make_method(name: str, *overrides: str):
+    torch.manual_seed(0)
+    config = load_config(
+        overrides=[f"method.name={name}", "method.ccd.num_negatives=8", "method.ccd.num_positives=3"]
+        + list(overrides)
+    )
+    context = MethodContext(
+        num_classes=NUM_CLASSES,
+        train_labels=LABELS,
+        class_weights=torch.ones(NUM_CLASSES),
+        epochs=40,
+    )
+    student = build_model("resnet18", NUM_CLASSES, feat_dim=16)
+    method = get_method(name).cls(student, config.method, context)
+    method.seed(0)
+    return method.train()
+
+
+def make_batch(index=(0, 3, 6, 9)):
+    torch.manual_seed(1)
+    index = torch.tensor(index)
+    return {
+        "image": torch.randn(len(index), 3, 32, 32),
+        "image2": torch.randn(len(index), 3, 32, 32),
+        "label": torch.as_tensor(LABELS[index.numpy()]),
+        "index": index,
+    }
+
+
+def grads_after(method, term: str, epoch: int = 30) -> dict[str, bool]:
+    """Which parameter groups receive a non-zero gradient from one loss term alone."""
+    method.zero_grad(set_to_none=True)
+    terms = method.training_losses(make_batch(), epoch)
+    terms[term].backward()
+
+    def touched(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    groups = {"student": method.student, "teacher": method.teacher}
+    if hasattr(method, "embed_student"):
+        groups.update(embed_student=method.embed_student, embed_teacher=method.embed_teacher)
+    return {name: touched(module) for name, module in groups.items()}
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("ce", {"student": True, "teacher": False, "embed_student": False, "embed_teacher": False}),
+        ("kl", {"student": True, "teacher": False, "embed_student": False, "embed_teacher": False}),
+        ("ccd", {"student": True, "teacher": False, "embed_student": True, "embed_teacher": True}),
+        ("crp", {"student": True, "teacher": False, "embed_student": True, "embed_teacher": False}),
+    ],
+)
+def test_each_crckd_term_reaches_exactly_its_parameters(term, expected):
+    method = make_method("crckd")
+    # Move the teacher away from the student so KL is not at its minimum (zero gradient).
+    with torch.no_grad():
+        for p in method.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert grads_after(method, term) == expected
+
+
+def test_teacher_ccd_term_reaches_only_the_teacher_head():
+    method = make_method("crckd")
+    method.zero_grad(set_to_none=True)
+    batch = make_batch()
+    terms = method.training_losses(batch, epoch=0)
+    student = method.student(batch["image"])
+    emb_t = method.embed_teacher(method.teacher_output(batch).features)
+    contrast = method.sampler.sample(batch["index"], generator=method.generator)
+    _, h_t = method.memory.scores(method.embed_student(student.features), emb_t, contrast)
+    from crckd.losses import nce_loss
+
+    p = method.sampler.num_positives
+    nce_loss(h_t[:, :p], h_t[:, p:], method.memory.n_data).backward()
+    assert all(p.grad is None for p in method.student.parameters())
+    assert any(p.grad is not None for p in method.embed_teacher.parameters())
+    assert "ccd" in terms
+
+
+def test_teacher_never_requires_grad():
+    method = make_method("crckd")
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    trainable = {id(p) for p in method.trainable_parameters()}
+    assert not trainable & {id(p) for p in method.teacher.parameters()}
+    assert {id(p) for p in method.embed_teacher.parameters()} <= trainable
+
+
+def test_default_schedule_stages_terms_as_the_reference():
+    method = make_method("crckd")
+    early, late = method.loss_weights(0), method.loss_weights(25)
+    assert early == {"ce": 1.0, "kl": 0.0, "ccd": 0.1, "crp": 0.0}
+    assert late == {"ce": 1.0, "kl": pytest.approx(sigmoid_rampup(25, 30)), "ccd": 0.1, "crp": 1.0}
+    assert set(method.training_losses(make_batch(), 0)) == {"ce", "ccd"}
+    assert set(method.training_losses(make_batch(), 25)) == {"ce", "kl", "ccd", "crp"}
+
+
+def test_paper_faithful_ccd_weight_drops_to_a_hundredth_when_mt_starts():
+    method = make_method("crckd", "method.preset=paper_faithful")
+    assert method.loss_weights(19)["ccd"] == pytest.approx(0.1)
+    assert method.loss_weights(20)["ccd"] == pytest.approx(0.01)
+    method.train()
+    assert method.teacher.training  # reference: teacher BatchNorm in train mode
+
+
+def test_default_teacher_runs_in_eval_mode():
+    method = make_method("crckd").train()
+    assert method.student.training and not method.teacher.training
+
+
+@pytest.mark.parametrize(("name", "absent"), [("mt+ccd", "crp"), ("mt+crp", "ccd")])
+def test_ablations_drop_their_term(name, absent):
+    terms = make_method(name).training_losses(make_batch(), epoch=30)
+    assert absent not in terms and "kl" in terms
+
+
+def test_mean_teacher_skips_teacher_before_begin_epoch():
+    method = make_method("mt")
+    assert set(method.training_losses(make_batch(), 0)) == {"ce"}
+    assert set(method.training_losses(make_batch(), 20)) == {"ce", "kl"}
+
+
+def test_memory_rows_of_the_batch_are_updated_and_others_kept():
+    method = make_method("crckd")
+    before_s = method.memory.memory_s.clone()
+    batch = make_batch()
+    method.training_losses(batch, epoch=0)
+    changed = (method.memory.memory_s != before_s).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == sorted(batch["index"].tolist())
+    assert torch.allclose(method.memory.memory_s[batch["index"]].norm(dim=1), torch.ones(4))
+
+
+def test_after_step_applies_the_ema_formula():
+    method = make_method("mt", "method.ema.include_buffers=false")
+    teacher_before = [p.clone() for p in method.teacher.parameters()]
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    method.after_step(step=9)  # alpha = min(1 - 1/10, 0.99) = 0.9
+    for before, t, s in zip(
+        teacher_before, method.teacher.parameters(), method.student.parameters(), strict=True
+    ):
+        torch.testing.assert_close(t, 0.9 * before + 0.1 * s)
+
+
+def test_single_class_data_with_supervised_negatives_is_a_config_error():
+    config = load_config(overrides=["method.name=crckd"])
+    context = MethodContext(1, np.zeros(5, dtype=int), None, 1)
+    with pytest.raises(ConfigError, match="method.ccd"):
+        get_method("crckd").cls(build_model("resnet18", 1), config.method, context)

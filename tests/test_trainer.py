@@ -1,0 +1,157 @@
+"""End-to-end training on tiny, learnable datasets made by the tests."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_ham_layout
+from PIL import Image
+
+from crckd.config import load_config
+from crckd.data import HAM10000_CLASSES
+from crckd.engine import Trainer, load_checkpoint, train
+from crckd.engine import trainer as trainer_module
+from crckd.errors import NumericalError, RunFolderError
+
+FAST = [
+    "model.backbone=resnet18",
+    "data.image_size=32",
+    "train.batch_size=16",
+    "train.progress=false",
+    "method.ccd.num_negatives=32",
+    "method.ccd.num_positives=4",
+    "method.consistency.begin_epoch=1",
+    "method.crp.begin_epoch=1",
+]
+
+
+def make_colour_ham(root: Path, n_per_class: int = 12) -> Path:
+    """A HAM10000 folder whose classes differ in colour, so that a model can learn them fast."""
+    make_ham_layout(root, n_per_class=n_per_class, size=(32, 24))
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, size=(len(HAM10000_CLASSES), 3))
+    for i, (image_id, dx) in enumerate(zip(meta["image_id"], meta["dx"], strict=True)):
+        colour = palette[HAM10000_CLASSES.index(dx)]
+        noise = rng.integers(-20, 21, size=(24, 32, 3))
+        pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+        folder = "HAM10000_images_part_1" if i % 2 == 0 else "HAM10000_images_part_2"
+        Image.fromarray(pixels).save(root / folder / f"{image_id}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_ham(tmp_path_factory) -> Path:
+    return make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
+
+
+def config_for(root: Path, out: Path, *extra: str):
+    return load_config(overrides=[f"data.root={root}", f"output_dir={out}", *FAST, *extra])
+
+
+@pytest.mark.slow
+def test_ce_learns_above_chance_in_two_epochs(colour_ham, tmp_path):
+    config = config_for(
+        colour_ham, tmp_path / "run", "train.epochs=2", "train.lr=3e-3", "train.batch_size=8"
+    )
+    result = train(config)
+    chance = 1 / len(HAM10000_CLASSES)
+    assert result.metrics["balanced_accuracy"] > 2 * chance
+
+
+@pytest.mark.slow
+def test_crckd_run_writes_the_documented_run_folder(colour_ham, tmp_path):
+    out = tmp_path / "run"
+    result = train(config_for(colour_ham, out, "method.name=crckd", "train.epochs=2"))
+    for name in ("config.yaml", "split.csv", "epochs.csv", "metrics.json", "per_class.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert (out / "checkpoints" / "best.pt").is_file()
+    assert any((out / "tensorboard").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "auc_macro",
+        "kappa",
+        "per_class",
+        "confusion_matrix",
+        "classes",
+        "num_samples",
+    ):
+        assert key in metrics
+    assert metrics["classes"] == list(HAM10000_CLASSES)
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert len(epochs) == 2
+    assert {"train_ce", "train_ccd", "train_kl", "train_crp", "weight_ccd"} <= set(epochs.columns)
+    assert np.isnan(epochs.loc[0, "train_crp"]) and epochs.loc[1, "train_crp"] > 0
+    split = pd.read_csv(out / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"memory.memory_s", "memory.memory_t", "memory.z_s", "memory.z_t"} <= set(
+        state["method"]
+    )
+    assert state["method"]["memory.z_s"] > 0
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_equals_an_uninterrupted_run(colour_ham, tmp_path, monkeypatch):
+    extra = ("method.name=crckd", "train.epochs=3", "train.deterministic=true")
+    full = train(config_for(colour_ham, tmp_path / "full", *extra))
+
+    real_save = trainer_module.save_checkpoint
+    saves = {"last": 0}
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.pt":
+            saves["last"] += 1
+            if saves["last"] == 2:
+                raise _Killed
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    config = config_for(colour_ham, tmp_path / "killed", *extra)
+    with pytest.raises(_Killed):
+        train(config)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    resumed = train(config, resume=True)
+
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    for key, value in a["method"].items():
+        torch.testing.assert_close(b["method"][key], value, rtol=0, atol=0, msg=key)
+    assert resumed.metrics == full.metrics
+    history = pd.read_csv(tmp_path / "killed" / "epochs.csv").drop(columns="train_seconds")
+    expected = pd.read_csv(tmp_path / "full" / "epochs.csv").drop(columns="train_seconds")
+    pd.testing.assert_frame_equal(history, expected)
+
+
+def test_a_folder_holding_another_run_is_refused(colour_ham, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("earlier run\n")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        Trainer(config_for(colour_ham, out, "train.epochs=1"))
+    assert (out / "config.yaml").read_text() == "earlier run\n"
+
+
+def test_nan_loss_stops_with_the_term_name(colour_ham, tmp_path, monkeypatch):
+    trainer = Trainer(config_for(colour_ham, tmp_path / "run", "method.name=mt", "train.epochs=1"))
+
+    def nan_losses(batch, epoch):
+        return {"ce": torch.tensor(float("nan"), requires_grad=True)}
+
+    monkeypatch.setattr(trainer.method, "training_losses", nan_losses)
+    with pytest.raises(NumericalError, match=r"'ce' is nan at epoch 1, step 0"):
+        trainer.fit()
