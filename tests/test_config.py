@@ -44,7 +44,7 @@ def test_yaml_with_python_tags_is_not_executed(tmp_path):
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(ConfigError, match="Known: .*crckd"):
+    with pytest.raises(ConfigError, match=r"Known: .*crckd"):
         load_config(overrides=["method.name=crkd"])
 
 
@@ -61,9 +61,7 @@ def test_paper_faithful_preset_sets_reference_behaviour_under_user_values():
     assert config.method.ema.teacher_mode == "train"
     assert config.train.report_last_k == 11
     assert Config().method.ccd.late_weight is None
-    overridden = load_config(
-        overrides=["method.preset=paper_faithful", "train.report_last_k=5"]
-    )
+    overridden = load_config(overrides=["method.preset=paper_faithful", "train.report_last_k=5"])
     assert overridden.train.report_last_k == 5
 
 

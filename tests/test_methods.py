@@ -17,8 +17,12 @@ LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
 def make_method(name: str, *overrides: str):
     torch.manual_seed(0)
     config = load_config(
-        overrides=[f"method.name={name}", "method.ccd.num_negatives=8", "method.ccd.num_positives=3"]
-        + list(overrides)
+        overrides=[
+            f"method.name={name}",
+            "method.ccd.num_negatives=8",
+            "method.ccd.num_positives=3",
+            *overrides,
+        ]
     )
     context = MethodContext(
         num_classes=NUM_CLASSES,
@@ -162,5 +166,5 @@ def test_after_step_applies_the_ema_formula():
 def test_single_class_data_with_supervised_negatives_is_a_config_error():
     config = load_config(overrides=["method.name=crckd"])
     context = MethodContext(1, np.zeros(5, dtype=int), None, 1)
-    with pytest.raises(ConfigError, match="method.ccd"):
+    with pytest.raises(ConfigError, match=r"method\.ccd"):
         get_method("crckd").cls(build_model("resnet18", 1), config.method, context)

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_ham_layout
 from PIL import Image
 
+from conftest import make_ham_layout
 from crckd.config import load_config
 from crckd.data import HAM10000_CLASSES
 from crckd.engine import Trainer, load_checkpoint, train

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `crckd` argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(
         prog="crckd",
-        description="Knowledge distillation for medical image classification (CRCKD and baselines).",
+        description="Knowledge distillation for medical image classification (CRCKD, baselines).",
     )
     parser.add_argument("--version", action="version", version=f"crckd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -203,7 +203,9 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
     method = raw.get("method", {}) if isinstance(raw.get("method"), dict) else {}
     preset_name = method.get("preset", "default")
     if preset_name not in PRESETS:
-        raise ConfigError(f"{source}: unknown method.preset {preset_name!r}; one of {list(PRESETS)}")
+        raise ConfigError(
+            f"{source}: unknown method.preset {preset_name!r}; one of {list(PRESETS)}"
+        )
     layered: dict[str, Any] = {}
     name = method.get("name")
     if isinstance(name, str):

@@ -23,6 +23,7 @@ from crckd.data.splits import (
 from crckd.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Normalization,
     eval_transform,
     rotate_flip_batch,
     train_transform,
@@ -38,6 +39,7 @@ __all__ = [
     "ContrastSampler",
     "ImageDataset",
     "ImageTable",
+    "Normalization",
     "check_no_group_leak",
     "eval_transform",
     "list_images",

@@ -6,32 +6,44 @@ from collections.abc import Callable
 
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 
-def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The paper's training augmentation: resize, small affine jitter, horizontal flip."""
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+IMAGENET_NORMALIZATION: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def train_transform(
+    image_size: int, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The paper's training augmentation: resize, small affine jitter, horizontal flip.
+
+    `normalization` is the (mean, std) the backbone's weights were trained with.
+    """
     return T.Compose(
         [
             T.Resize((image_size, image_size)),
             T.RandomAffine(degrees=10, translate=(0.02, 0.02)),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.Normalize(*normalization),
         ]
     )
 
 
-def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Deterministic resize and ImageNet normalisation, for validation and testing."""
+def eval_transform(
+    image_size: int, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Deterministic resize and normalisation, for validation, testing and prediction."""
     return T.Compose(
         [
             T.Resize((image_size, image_size)),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.Normalize(*normalization),
         ]
     )
 

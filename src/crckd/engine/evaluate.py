@@ -12,13 +12,21 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from crckd.data import ImageTable, eval_transform, list_images, load_split, load_table, split_indices
+from crckd.data import (
+    ImageTable,
+    Normalization,
+    eval_transform,
+    list_images,
+    load_split,
+    load_table,
+    split_indices,
+)
 from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.data import make_loader
 from crckd.engine.metrics import classification_metrics, per_class_table
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError
-from crckd.models import Classifier, build_model
+from crckd.models import Classifier, build_model, input_normalization
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +70,7 @@ class LoadedStudent:
     model: Classifier
     classes: tuple[str, ...]
     image_size: int
+    normalization: Normalization
     config: dict[str, Any]
 
 
@@ -79,9 +88,12 @@ def load_student(checkpoint: str | Path, device: torch.device | None = None) -> 
     try:
         model.load_state_dict(state["student"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: student weights do not fit the model ({exc})") from None
+        raise CheckpointError(
+            f"{checkpoint}: student weights do not fit the model ({exc})"
+        ) from None
     model.to(device or torch.device("cpu")).eval()
-    return LoadedStudent(model, classes, int(config["data"]["image_size"]), config)
+    normalization = input_normalization(config["model"]["backbone"], config["model"]["pretrained"])
+    return LoadedStudent(model, classes, int(config["data"]["image_size"]), normalization, config)
 
 
 def evaluate_checkpoint(
@@ -115,12 +127,14 @@ def evaluate_checkpoint(
     loader = make_loader(
         frame["path"].tolist(),
         frame["label"].to_numpy(),
-        eval_transform(student.image_size),
+        eval_transform(student.image_size, student.normalization),
         batch_size=batch_size,
         shuffle=False,
         num_workers=0,
     )
-    probs, labels = predict_probs(student.model, loader, torch_device, desc="eval", progress=progress)
+    probs, labels = predict_probs(
+        student.model, loader, torch_device, desc="eval", progress=progress
+    )
     if kappa_weights == "auto":
         kappa_weights = "quadratic" if table.ordinal else None
     metrics = classification_metrics(labels, probs, student.classes, kappa_weights)
@@ -162,7 +176,7 @@ def predict_paths(
     loader = make_loader(
         files,
         None,
-        eval_transform(student.image_size),
+        eval_transform(student.image_size, student.normalization),
         batch_size=batch_size,
         shuffle=False,
         num_workers=0,

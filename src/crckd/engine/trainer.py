@@ -18,7 +18,6 @@ from crckd.config import Config, config_to_dict
 from crckd.data import eval_transform, save_split, train_transform
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
-    PreparedData,
     class_weights,
     epoch_seed,
     make_loader,
@@ -30,7 +29,7 @@ from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_cla
 from crckd.engine.run_folder import RunFolder
 from crckd.errors import ConfigError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
-from crckd.models import build_model
+from crckd.models import build_model, input_normalization
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,9 @@ def default_run_dir(config: Config) -> Path:
     """runs/<dataset>-<method>-<backbone>-s<seed>[-fold<k>] when output_dir is not set."""
     if config.output_dir is not None:
         return Path(config.output_dir)
-    name = f"{config.data.dataset}-{config.method.name}-{config.model.backbone}-s{config.train.seed}"
+    name = (
+        f"{config.data.dataset}-{config.method.name}-{config.model.backbone}-s{config.train.seed}"
+    )
     if config.data.dataset == "aptos" and config.data.split in ("auto", "kfold"):
         name += f"-fold{config.data.fold}"
     return Path("runs") / name
@@ -80,7 +81,9 @@ class Trainer:
         self.data = prepare_data(config)
         spec = get_method(config.method.name)
         train_labels = self.data.labels(self.data.train)
-        weights = class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
+        weights = (
+            class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
+        )
         context = MethodContext(
             num_classes=len(self.data.classes),
             train_labels=train_labels,
@@ -96,6 +99,7 @@ class Trainer:
         )
         self.method: Method = spec.cls(student, config.method, context).to(self.device)
         self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
+        self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.loaders = self._make_eval_loaders()
         # BatchNorm cannot train on a batch of one image: drop such a last batch only.
         self.drop_last = len(self.data.train) % train_cfg.batch_size == 1
@@ -120,7 +124,7 @@ class Trainer:
         )
 
     def _make_eval_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
-        transform = eval_transform(self.config.data.image_size)
+        transform = eval_transform(self.config.data.image_size, self.normalization)
         return {
             name: make_loader(
                 self.data.paths(positions),
@@ -137,7 +141,7 @@ class Trainer:
         return make_loader(
             self.data.paths(self.data.train),
             self.data.labels(self.data.train),
-            train_transform(self.config.data.image_size),
+            train_transform(self.config.data.image_size, self.normalization),
             batch_size=self.config.train.batch_size,
             shuffle=True,
             num_workers=self.config.data.num_workers,
@@ -293,21 +297,27 @@ class Trainer:
         self.method.student.load_state_dict(best["student"])
         metrics = self._metrics("test")
         cfg = self.config.train
-        last = [r for r in state["history"] if f"test_{cfg.select_metric}" in r][-cfg.report_last_k :]
+        last = [r for r in state["history"] if f"test_{cfg.select_metric}" in r][
+            -cfg.report_last_k :
+        ]
         metrics.update(
             {
                 "method": self.config.method.name,
                 "selected_epoch": state["best_epoch"],
                 "select_metric": cfg.select_metric,
-                "last_epochs_mean": {
-                    key: float(np.mean([r[f"test_{key}"] for r in last])) for key in SCALAR_METRICS
-                },
+                "last_epochs_mean": {key: _mean_of(last, f"test_{key}") for key in SCALAR_METRICS},
                 "last_epochs": len(last),
             }
         )
         self.run.write_metrics(metrics)
         per_class_table(metrics).to_csv(self.run.per_class, index=False)
         return RunResult(self.run.root, metrics)
+
+
+def _mean_of(records: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of a metric over epochs, leaving out epochs where it was undefined (None)."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _kappa_weights(setting: str, ordinal: bool) -> str | None:

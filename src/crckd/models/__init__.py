@@ -2,7 +2,12 @@
 
 from crckd.models.classifier import Classifier, ClassifierOutput, build_model, check_backbone_name
 from crckd.models.ema import ema_update, make_teacher
-from crckd.models.pretrained import PRETRAINED_SOURCES, PretrainedSource, load_backbone_weights
+from crckd.models.pretrained import (
+    PRETRAINED_SOURCES,
+    PretrainedSource,
+    input_normalization,
+    load_backbone_weights,
+)
 
 __all__ = [
     "PRETRAINED_SOURCES",
@@ -12,6 +17,7 @@ __all__ = [
     "build_model",
     "check_backbone_name",
     "ema_update",
+    "input_normalization",
     "load_backbone_weights",
     "make_teacher",
 ]

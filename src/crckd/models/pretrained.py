@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import huggingface_hub
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from crckd.errors import CheckpointError, ConfigError
@@ -95,6 +96,24 @@ def load_backbone_weights(backbone: nn.Module, backbone_name: str, source: bool 
     else:
         path = Path(source).expanduser()
         _load_matching(backbone, backbone_name, _read_state_dict(path), str(path))
+
+
+def input_normalization(
+    backbone_name: str, source: bool | str
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The (mean, std) that images must be normalised with for these weights.
+
+    A named source knows its own; timm's library weights carry theirs in the pretrained config;
+    everything else (random init, a local file) uses ImageNet's.
+    """
+    if isinstance(source, str) and source in PRETRAINED_SOURCES:
+        named = PRETRAINED_SOURCES[source]
+        return named.mean, named.std
+    if source is True:
+        cfg = timm.models.get_pretrained_cfg(backbone_name)
+        if cfg is not None and cfg.mean and cfg.std:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 # --- timm library weights -------------------------------------------------------------------
