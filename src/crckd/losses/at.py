@@ -1,0 +1,68 @@
+"""Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (AT).
+
+Also home of ``_match_spatial``, the pooling to a common spatial size shared with VID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crckd.losses.kd import _check_pair
+
+
+def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool whichever of two [B, C, H, W] maps is larger to their common size.
+
+    The common size is (min H, min W); a map already at that size is returned unchanged.
+    """
+    if a.dim() != 4 or b.dim() != 4:
+        raise ValueError(f"expected [B, C, H, W] maps, got {tuple(a.shape)} and {tuple(b.shape)}")
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    a = a if a.shape[2:] == size else F.adaptive_avg_pool2d(a, size)
+    b = b if b.shape[2:] == size else F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def _energy(feat: Tensor, p: float) -> Tensor:
+    """mean_c |F_c|^p, kept as a [B, 1, H, W] map."""
+    return feat.abs().pow(p).mean(dim=1, keepdim=True)
+
+
+def _normalised(energy: Tensor) -> Tensor:
+    return F.normalize(energy.flatten(1), dim=1)
+
+
+def attention_map(feat: Tensor, p: float = 2) -> Tensor:
+    """Spatial attention a = Q / ‖Q‖₂, Q = vec(mean_c |F_c|^p), shape [B, H·W] (AT).
+
+    The paper sums over channels; the mean differs by the factor 1/C, which the L2
+    normalisation removes.
+    """
+    return _normalised(_energy(feat, p))
+
+
+def at_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], p: float = 2) -> Tensor:
+    """L_AT = (1/L) Σ_l mean_{b, j} (a_s,l[b, j] − a_t,l[b, j])² over L layer pairs.
+
+    Per layer this is the authors' code (and RepDistiller's, torchdistill's ``mode='code'``):
+    the squared difference of the normalised maps averaged over the batch and the H·W positions,
+    i.e. the paper's β/(H·W·B) scaling with the norm squared. Layers are averaged, not
+    summed as in those codes, so their β (10³ per layer) corresponds to β·L here. When spatial
+    sizes differ, the larger energy map mean_c |F_c|^p is average-pooled to the smaller size
+    before normalisation. Channel counts may differ; the teacher maps are detached.
+    """
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(
+            f"need the same non-zero number of student and teacher maps, "
+            f"got {len(student_feats)} and {len(teacher_feats)}"
+        )
+    per_layer = []
+    for s, t in zip(student_feats, teacher_feats, strict=True):
+        _check_pair(s, t, batch_only=True)
+        e_s, e_t = _match_spatial(_energy(s, p), _energy(t.detach(), p))
+        per_layer.append((_normalised(e_s) - _normalised(e_t)).pow(2).mean())
+    return torch.stack(per_layer).mean()

@@ -1,0 +1,179 @@
+"""The command line as a user meets it: errors with exit code 2, eval, predict, demo."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_ham_layout, write_image
+from test_trainer import FAST, make_colour_ham
+
+from crckd.cli import EXIT_USER_ERROR, main
+from crckd.data import HAM10000_CLASSES
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One short `ce` run shared by the eval and predict tests."""
+    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
+    out = tmp_path_factory.mktemp("runs") / "ce"
+    code = run_cli("train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST)
+    assert code == 0
+    return out
+
+
+def test_every_subcommand_has_help():
+    for command in ("train", "eval", "predict", "demo", "methods"):
+        result = subprocess.run(
+            [sys.executable, "-m", "crckd", command, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, command
+        assert "usage: crckd" in result.stdout
+
+
+def bad_train(tmp_path, capsys, *overrides: str) -> str:
+    out = tmp_path / "never_written"
+    code = run_cli("train", f"output_dir={out}", *FAST, "train.epochs=1", *overrides)
+    assert code == EXIT_USER_ERROR
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
+def test_unknown_key_exits_2_naming_the_key(tmp_path, capsys):
+    err = bad_train(tmp_path, capsys, "data.rooot=x")
+    assert "data.rooot" in err
+
+
+def test_wrong_type_exits_2_naming_the_key(tmp_path, capsys, ham_root):
+    err = bad_train(tmp_path, capsys, f"data.root={ham_root}", "train.epochs=two")
+    assert "train.epochs" in err
+
+
+def test_missing_data_root_exits_2(tmp_path, capsys):
+    err = bad_train(tmp_path, capsys, f"data.root={tmp_path / 'nowhere'}")
+    assert "nowhere" in err
+
+
+def test_missing_csv_exits_2(tmp_path, capsys, ham_root):
+    (ham_root / "HAM10000_metadata.csv").unlink()
+    err = bad_train(tmp_path, capsys, f"data.root={ham_root}")
+    assert "HAM10000_metadata.csv" in err
+
+
+def test_missing_columns_exit_2(tmp_path, capsys, ham_root):
+    meta = pd.read_csv(ham_root / "HAM10000_metadata.csv").drop(columns="dx")
+    meta.to_csv(ham_root / "HAM10000_metadata.csv", index=False)
+    err = bad_train(tmp_path, capsys, f"data.root={ham_root}")
+    assert "dx" in err
+
+
+def test_listed_but_absent_images_exit_2(tmp_path, capsys, ham_root):
+    meta = pd.read_csv(ham_root / "HAM10000_metadata.csv")
+    missing = meta["image_id"].iloc[0]
+    next(ham_root.rglob(f"{missing}.jpg")).unlink()
+    err = bad_train(tmp_path, capsys, f"data.root={ham_root}")
+    assert missing in err
+
+
+def test_label_outside_the_class_list_exits_2(tmp_path, capsys, ham_root):
+    meta = pd.read_csv(ham_root / "HAM10000_metadata.csv")
+    meta.loc[3, "dx"] = "melanoma"
+    meta.to_csv(ham_root / "HAM10000_metadata.csv", index=False)
+    err = bad_train(tmp_path, capsys, f"data.root={ham_root}")
+    assert "melanoma" in err
+
+
+def test_eval_on_an_unseen_folder_with_split_all(trained_run, tmp_path, capsys):
+    other = make_ham_layout(tmp_path / "unseen", n_per_class=2, size=(24, 18))
+    out = tmp_path / "eval"
+    code = run_cli(
+        "eval",
+        "--checkpoint",
+        str(trained_run / "checkpoints" / "best.pt"),
+        "--dataset",
+        "ham10000",
+        "--data-root",
+        str(other),
+        "--split",
+        "all",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 2 * len(HAM10000_CLASSES)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["num_samples"]
+    assert "balanced_accuracy" in capsys.readouterr().out
+
+
+def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
+    config = (trained_run / "config.yaml").read_text()
+    root = next(line.split(": ", 1)[1] for line in config.splitlines() if "root:" in line)
+    out = tmp_path / "eval"
+    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+    args = ("--checkpoint", checkpoint, "--dataset", "ham10000", "--data-root", root)
+    assert run_cli("eval", *args, "--out", str(out)) == 0
+    split = pd.read_csv(trained_run / "split.csv")
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == int(
+        (split["split"] == "test").sum()
+    )
+    train_metrics = json.loads((trained_run / "metrics.json").read_text())
+    eval_metrics = json.loads((out / "metrics.json").read_text())
+    assert eval_metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
+
+
+def test_predict_writes_one_row_per_image(trained_run, tmp_path):
+    images = tmp_path / "images"
+    for i in range(3):
+        write_image(images / f"a{i}.jpg", size=(40, 30), seed=i)
+    write_image(images / "nested" / "b.png", seed=9)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "preds.csv"
+    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+    assert run_cli("predict", "--checkpoint", checkpoint, "--out", str(out), str(images)) == 0
+    preds = pd.read_csv(out)
+    assert len(preds) == 4
+    prob_columns = [f"prob_{name}" for name in HAM10000_CLASSES]
+    assert preds[prob_columns].sum(axis=1).round(5).eq(1).all()
+    assert set(preds["predicted"]) <= set(HAM10000_CLASSES)
+    top = preds[prob_columns].to_numpy().argmax(axis=1)
+    assert list(preds["predicted"]) == [HAM10000_CLASSES[i] for i in top]
+
+
+def test_predict_on_a_missing_path_exits_2(trained_run, tmp_path, capsys):
+    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+    code = run_cli("predict", "--checkpoint", checkpoint, "--out", str(tmp_path / "p.csv"), "nope")
+    assert code == EXIT_USER_ERROR
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused(tmp_path, capsys):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "crckd-checkpoint", "x": Payload()}, path)
+    code = run_cli("predict", "--checkpoint", str(path), "--out", str(tmp_path / "p.csv"), ".")
+    captured = capsys.readouterr()
+    assert code == EXIT_USER_ERROR
+    assert "refused" in captured.err
+    assert "payload ran" not in captured.out
+
+
+@pytest.mark.slow
+def test_demo_trains_three_methods_and_prints_them(tmp_path, capsys):
+    assert run_cli("demo", "--out", str(tmp_path), "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    for name in ("ce", "mt", "crckd"):
+        assert (tmp_path / name / "metrics.json").is_file()
+        assert f"  {name}: {tmp_path / name}" in out
+    assert "balanced_accuracy" in out
