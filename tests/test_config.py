@@ -70,3 +70,20 @@ def test_shipped_configs_are_valid_and_paper_sized(path):
     config = load_config(path)
     assert config.model.backbone == "densenet121"
     assert (config.data.image_size, config.train.epochs, config.train.batch_size) == (224, 80, 64)
+
+
+def _keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _keys(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_docs_list_every_config_key():
+    documented = (REPO / "docs" / "config.md").read_text()
+    missing = [key for key in _keys(Config) if f"`{key}`" not in documented]
+    assert not missing

@@ -45,15 +45,17 @@ def attention_map(feat: Tensor, p: float = 2) -> Tensor:
     return _normalised(_energy(feat, p))
 
 
-def at_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], p: float = 2) -> Tensor:
+def at_loss(
+    student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], p: float = 2
+) -> Tensor:
     """L_AT = (1/L) Σ_l mean_{b, j} (a_s,l[b, j] − a_t,l[b, j])² over L layer pairs.
 
-    Per layer this is the authors' code (and RepDistiller's, torchdistill's ``mode='code'``):
-    the squared difference of the normalised maps averaged over the batch and the H·W positions,
-    i.e. the paper's β/(H·W·B) scaling with the norm squared. Layers are averaged, not
-    summed as in those codes, so their β (10³ per layer) corresponds to β·L here. When spatial
-    sizes differ, the larger energy map mean_c |F_c|^p is average-pooled to the smaller size
-    before normalisation. Channel counts may differ; the teacher maps are detached.
+    Per layer this is the authors' code (also RepDistiller's and torchdistill's ``mode='code'``):
+    the squared difference of the normalised maps averaged over the batch and the H·W positions.
+    The paper writes β/2 Σ_l ‖a_s,l − a_t,l‖₂ (norm not squared) with β = 10³/(H·W·B). Layers
+    are averaged here, not summed as in those codes, so their β = 10³ corresponds to β·L here.
+    When spatial sizes differ, the larger energy map mean_c |F_c|^p is average-pooled to the
+    smaller size before normalisation. Channel counts may differ; teacher maps are detached.
     """
     if len(student_feats) != len(teacher_feats) or not student_feats:
         raise ValueError(

@@ -57,7 +57,7 @@ def rkd_loss(
     distance_weight: float = 25.0,
     angle_weight: float = 50.0,
 ) -> Tensor:
-    """L_RKD = λ_D · RKD-D + λ_A · RKD-A; defaults are the paper's classification λ_D = 25, λ_A = 50."""
+    """L_RKD = λ_D · RKD-D + λ_A · RKD-A; the defaults are the paper's λ_D = 25, λ_A = 50."""
     distance = rkd_distance_loss(student_emb, teacher_emb)
     angle = rkd_angle_loss(student_emb, teacher_emb)
     return distance_weight * distance + angle_weight * angle
