@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_ham_layout, write_image
-from test_trainer import FAST, make_colour_ham
 
+from conftest import make_ham_layout, write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import HAM10000_CLASSES
+from test_trainer import FAST, make_colour_ham
 
 
 def run_cli(*args: str) -> int:

@@ -1,7 +1,8 @@
 """Baseline KD losses: plain-Python reference loops, torchdistill as an oracle, behaviour.
 
 The reference loops below are written from the papers' formulas, independently of crckd; each
-golden number was produced by them and is pinned as well. torchdistill is only imported here.
+golden number was produced by them and is pinned as well. torchdistill (a dev dependency) is
+the oracle for the losses it implements; those tests skip without it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def grid(shape: tuple[int, ...], seed: float) -> list:
 
 def t64(x: list) -> Tensor:
     return torch.tensor(x, dtype=torch.float64)
+
+
+def rand(*shape: int) -> Tensor:
+    return torch.randn(*shape)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
 
 
 # --- plain-Python references --------------------------------------------------------------------
@@ -389,3 +399,243 @@ def test_attention_map_golden() -> None:
     feat = MAPS_S[1]
     expected = [unit(flat(ref_energy(sample, 2))) for sample in feat]
     torch.testing.assert_close(attention_map(t64(feat)), t64(expected), atol=TOL, rtol=0)
+
+
+# --- torchdistill as an oracle ------------------------------------------------------------------
+
+
+@pytest.fixture
+def td():
+    """torchdistill's mid-level losses; only the oracle tests need it."""
+    return pytest.importorskip("torchdistill.losses.mid_level")
+
+
+def io(x: object, key: str = "output") -> dict:
+    """The minimal torchdistill io_dict: {module_path: {io: value}} for module path "m"."""
+    return {"m": {key: x}}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_matches_torchdistill(td, temperature: float) -> None:
+    """With alpha = 0 KDLoss returns its bare soft term, batchmean KL without the T² factor."""
+    s, t = rand(16, 7), rand(16, 7) * 3
+    oracle = td.KDLoss("m", "output", "m", "output", temperature=temperature, alpha=0)
+    expected = oracle(io(s), io(t)) * temperature**2
+    assert kd_loss(s, t, temperature).item() == pytest.approx(expected.item(), abs=TOL)
+
+
+def test_pkt_matches_torchdistill(td) -> None:
+    s, t = rand(16, 32), rand(16, 64)
+    expected = td.PKTLoss("m", "output", "m", "output")(io(s), io(t))
+    assert pkt_loss(s, t).item() == pytest.approx(expected.item(), abs=TOL)
+
+
+@pytest.mark.parametrize(("dist_w", "angle_w"), [(25.0, 50.0), (1.0, 0.0), (0.0, 1.0)])
+def test_rkd_matches_torchdistill(td, dist_w: float, angle_w: float) -> None:
+    s, t = rand(12, 8, 2, 2), rand(12, 48)  # 4-D student embeddings are flattened
+    oracle = td.RKDLoss("m", "m", dist_factor=dist_w, angle_factor=angle_w, reduction="mean")
+    expected = oracle(io(s), io(t))
+    loss = rkd_loss(s, t, distance_weight=dist_w, angle_weight=angle_w)
+    assert loss.item() == pytest.approx(expected.item(), abs=TOL)
+
+
+def test_at_matches_torchdistill_code_mode(td) -> None:
+    """torchdistill sums weighted layers, so weights 1/L give our layer mean."""
+    student = [rand(6, 4, 8, 8), rand(6, 8, 4, 4)]
+    teacher = [rand(6, 16, 8, 8), rand(6, 32, 4, 4)]
+    pairs = {
+        f"pair{i}": {
+            "student": {"io": "output", "path": f"s{i}"},
+            "teacher": {"io": "output", "path": f"t{i}"},
+            "weight": 1 / len(student),
+        }
+        for i in range(len(student))
+    }
+    oracle = td.ATLoss(pairs, mode="code")
+    expected = oracle(
+        {f"s{i}": {"output": x} for i, x in enumerate(student)},
+        {f"t{i}": {"output": x} for i, x in enumerate(teacher)},
+    )
+    assert at_loss(student, teacher).item() == pytest.approx(expected.item(), abs=TOL)
+
+
+@pytest.mark.parametrize(("beta", "gamma", "temperature"), [(1.0, 1.0, 1.0), (2.0, 0.5, 4.0)])
+def test_dist_matches_torchdistill(td, beta: float, gamma: float, temperature: float) -> None:
+    s, t = rand(16, 7), rand(16, 7) * 2
+    oracle = td.DISTLoss("m", "output", "m", "output", beta=beta, gamma=gamma, tau=temperature)
+    expected = oracle(io(s), io(t))
+    loss = dist_loss(s, t, beta=beta, gamma=gamma, temperature=temperature)
+    assert loss.item() == pytest.approx(expected.item(), abs=TOL)
+
+
+def test_vid_matches_torchdistill(td) -> None:
+    """torchdistill's VIDLoss takes the (mean, variance) pair its regressor wrapper produces."""
+    vid = VIDLoss(4, 8, 6)
+    s, t = rand(3, 4, 5, 5), rand(3, 6, 5, 5)
+    prediction = (vid.regressor(s), vid.variance().view(1, -1, 1, 1))
+    pairs = {
+        "pair": {"student": {"io": "output", "path": "r"}, "teacher": {"io": "output", "path": "m"}}
+    }
+    expected = td.VIDLoss(pairs)({"r": {"output": prediction}}, io(t))
+    assert vid(s, t).item() == pytest.approx(expected.item(), abs=TOL)
+
+
+def test_fitnet_matches_torchdistill_mse_wrapper(td) -> None:
+    """torchdistill's FitNets recipe: SimpleLossWrapper(MSELoss) from regressor output to hint."""
+    s, t = rand(4, 8, 3, 3), rand(4, 8, 3, 3)
+    oracle = td.SimpleLossWrapper(
+        torch.nn.MSELoss(),
+        input={"is_from_teacher": False, "module_path": "m", "io": "output"},
+        target={"is_from_teacher": True, "module_path": "m", "io": "output"},
+    )
+    expected = oracle(io(s), io(t), None)
+    assert fitnet_loss(s, t).item() == pytest.approx(expected.item(), abs=TOL)
+
+
+def test_cc_squares_the_norm_that_torchdistill_does_not(td) -> None:
+    """CCKDLoss returns ‖ψ_s − ψ_t‖_F / B² (torch.dist); the paper and we use ‖·‖²_F / B²."""
+    s, t = (torch.nn.functional.normalize(rand(10, 16), dim=1) for _ in range(2))
+    oracle = td.CCKDLoss(
+        "m",
+        "m",
+        kernel_config={"type": "gaussian", "gamma": 0.4, "max_p": 2},
+        reduction="batchmean",
+    )
+    norm = oracle(io(s), io(t)) * s.shape[0] ** 2
+    loss = cc_loss(s, t)
+    assert loss.item() == pytest.approx(norm.item() ** 2 / s.shape[0] ** 2, abs=TOL)
+    assert abs(loss.item() - norm.item() / s.shape[0] ** 2) > 1e-3
+
+
+def test_sp_follows_the_paper_not_torchdistill(td) -> None:
+    """SPKDLoss's ``normalize(G, 1)`` L1-normalises the rows (p = 1); the paper uses L2."""
+    s, t = rand(6, 3, 2, 2), rand(6, 20)
+    torchdistill_value = td.SPKDLoss("m", "m", reduction="batchmean")(io(s), io(t)).item()
+    ours = sp_loss(s, t).item()
+
+    def l1_rows(feat: Tensor) -> Tensor:
+        g = feat.flatten(1) @ feat.flatten(1).T
+        return g / g.abs().sum(dim=1, keepdim=True)
+
+    l1_formula = (l1_rows(s) - l1_rows(t)).pow(2).sum().item() / 6**2
+    assert torchdistill_value == pytest.approx(l1_formula, abs=TOL)
+    assert ours == pytest.approx(ref_sp(s.double().tolist(), t.double().tolist()), abs=TOL)
+    assert abs(ours - torchdistill_value) > 1e-3
+
+
+# --- behaviour ----------------------------------------------------------------------------------
+
+LABELS_8 = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+PAIRWISE: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], tuple[int, ...]]] = {
+    "kd": (kd_loss, (8, 5)),
+    "dkd": (lambda s, t: dkd_loss(s, t, LABELS_8), (8, 5)),
+    "dist": (dist_loss, (8, 5)),
+    "fitnet": (fitnet_loss, (8, 3, 2, 2)),
+    # a map and its double have the same attention map
+    "at": (lambda s, t: at_loss([s, s * 2], [t, t]), (8, 3, 4, 4)),
+    "sp": (sp_loss, (8, 3, 2, 2)),
+    "src": (src_loss, (8, 6)),
+    "rkd": (rkd_loss, (8, 6)),
+    "pkt": (pkt_loss, (8, 6)),
+    "cc": (cc_loss, (8, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(PAIRWISE))
+def test_zero_when_student_equals_teacher(name: str) -> None:
+    loss_fn, shape = PAIRWISE[name]
+    x = rand(*shape)
+    assert loss_fn(x, x.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", list(PAIRWISE))
+def test_gradient_reaches_student_only(name: str) -> None:
+    loss_fn, shape = PAIRWISE[name]
+    s = rand(*shape).requires_grad_()
+    t = rand(*shape).requires_grad_()
+    loss_fn(s, t).backward()
+    assert t.grad is None
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_vid_gradient_and_dropped_constant() -> None:
+    vid = VIDLoss(3, 4, 2, init_pred_var=5.0)
+    torch.testing.assert_close(vid.variance(), torch.full((2,), 5.0))
+    s, t = rand(2, 3, 4, 4).requires_grad_(), rand(2, 2, 4, 4).requires_grad_()
+    vid(s, t).backward()
+    assert t.grad is None and s.grad is not None and vid.alpha.grad is not None
+    assert all(p.grad is not None for p in vid.regressor.parameters())
+    # A perfect mean leaves ½ log σ² per element: the ½ log 2π constant is dropped.
+    last = vid.regressor[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    assert vid(s, torch.zeros(2, 2, 4, 4)).item() == pytest.approx(0.5 * math.log(5.0), abs=TOL)
+
+
+def test_vid_pools_the_larger_spatial_map() -> None:
+    vid = VIDLoss(3, 4, 2)
+    s_big, s = rand(2, 3, 8, 8), rand(2, 3, 4, 4)
+    t, t_big = rand(2, 2, 4, 4), rand(2, 2, 8, 8)
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    assert vid(s_big, t).item() == pytest.approx(vid(pool(s_big, 4), t).item(), abs=TOL)
+    assert vid(s, t_big).item() == pytest.approx(vid(s, pool(t_big, 4)).item(), abs=TOL)
+
+
+def test_at_is_symmetric_so_either_side_may_be_pooled() -> None:
+    s, t = [rand(3, 2, 8, 8), rand(3, 4, 2, 2)], [rand(3, 5, 4, 4), rand(3, 1, 4, 4)]
+    assert at_loss(s, t).item() == pytest.approx(at_loss(t, s).item(), abs=1e-7)
+
+
+def test_src_is_batch_size_times_sp() -> None:
+    s, t = rand(5, 7), rand(5, 3)
+    assert src_loss(s, t).item() == pytest.approx(5 * sp_loss(s, t).item(), abs=TOL)
+
+
+def test_dkd_decomposes_kd() -> None:
+    """Per sample, KD = TCKD + (1 − p_y^T) NCKD (Zhao et al. 2022)."""
+    s, t, y, temperature = rand(1, 6), rand(1, 6), torch.tensor([2]), 3.0
+    p_y = torch.softmax(t / temperature, dim=1)[0, 2].item()
+    dkd = dkd_loss(s, t, y, alpha=1.0, beta=1 - p_y, temperature=temperature)
+    assert dkd.item() == pytest.approx(kd_loss(s, t, temperature).item(), abs=TOL)
+
+
+def test_dkd_is_finite_for_confident_logits() -> None:
+    s = torch.tensor([[200.0, -200.0, 0.0], [0.0, 300.0, -300.0]], requires_grad=True)
+    t = torch.tensor([[300.0, 0.0, -300.0], [-200.0, 200.0, 0.0]])
+    loss = dkd_loss(s, t, torch.tensor([0, 1]), temperature=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+def test_rkd_gradient_is_finite_with_duplicate_rows() -> None:
+    s = rand(4, 5)
+    s = torch.cat([s, s[:1]]).requires_grad_()
+    rkd_loss(s, rand(5, 5)).backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: kd_loss(rand(4, 3), rand(1, 3)), "shapes differ"),
+        (lambda: dist_loss(rand(4, 3), rand(4, 5)), "shapes differ"),
+        (lambda: fitnet_loss(rand(2, 3, 4, 4), rand(2, 3, 1, 1)), "shapes differ"),
+        (lambda: dkd_loss(rand(4, 2), rand(4, 2), torch.tensor([0, 1, 0, 1])), "at least 3"),
+        (lambda: dkd_loss(rand(4, 5), rand(4, 5), torch.tensor([0, 1])), "labels"),
+        (lambda: sp_loss(rand(4, 6), rand(3, 6)), "batch sizes differ"),
+        (lambda: src_loss(rand(4, 6), rand(3, 6)), "batch sizes differ"),
+        (lambda: pkt_loss(rand(4, 6), rand(5, 6)), "batch sizes differ"),
+        (lambda: cc_loss(rand(4, 6), rand(5, 6)), "batch sizes differ"),
+        (lambda: rkd_loss(rand(4, 6), rand(5, 6)), "batch sizes differ"),
+        (lambda: rkd_loss(rand(1, 6), rand(1, 6)), "at least 2"),
+        (lambda: at_loss([rand(2, 3, 4, 4)], []), "number of student and teacher"),
+        (lambda: at_loss([rand(2, 3, 4, 4)], [rand(3, 3, 4, 4)]), "batch sizes differ"),
+        (lambda: at_loss([rand(2, 3, 4)], [rand(2, 3, 4)]), r"\[B, C, H, W\]"),
+        (lambda: VIDLoss(3, 4, 2)(rand(2, 3, 4, 4), rand(2, 5, 4, 4)), "shapes differ"),
+        (lambda: VIDLoss(3, 4, 2, init_pred_var=0.0), "init_pred_var"),
+    ],
+)
+def test_bad_inputs_raise(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -109,8 +109,14 @@ def test_teacher_never_requires_grad():
 def test_default_schedule_stages_terms_as_the_reference():
     method = make_method("crckd")
     early, late = method.loss_weights(0), method.loss_weights(25)
-    assert early == {"ce": 1.0, "kl": 0.0, "ccd": 0.1, "crp": 0.0}
-    assert late == {"ce": 1.0, "kl": pytest.approx(sigmoid_rampup(25, 30)), "ccd": 0.1, "crp": 1.0}
+    assert early == {"ce": 1.0, "kd": 0.0, "kl": 0.0, "ccd": 0.1, "crp": 0.0}
+    assert late == {
+        "ce": 1.0,
+        "kd": 0.0,
+        "kl": pytest.approx(sigmoid_rampup(25, 30)),
+        "ccd": 0.1,
+        "crp": 1.0,
+    }
     assert set(method.training_losses(make_batch(), 0)) == {"ce", "ccd"}
     assert set(method.training_losses(make_batch(), 25)) == {"ce", "kl", "ccd", "crp"}
 

@@ -90,12 +90,39 @@ class CRPConfig(_Section):
     begin_epoch: int = Field(20, ge=0)
 
 
+class TeacherConfig(_Section):
+    """Where the teacher comes from: an EMA of the student, or a frozen trained checkpoint."""
+
+    mode: Literal["ema", "frozen"] = "ema"
+    checkpoint: Path | None = Field(None, description="crckd checkpoint of a frozen teacher")
+    view: Literal["auto", "same", "second"] = Field(
+        "auto", description="teacher input: the student's view or a second augmented view"
+    )
+
+
+class DistillConfig(_Section):
+    """A baseline's distillation term, and an optional Hinton KD term on top of any method."""
+
+    weight: float = Field(1.0, ge=0, description="weight of the method's distillation term")
+    begin_epoch: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, description="linear ramp of the weight (DKD: 20)")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
+    kd_weight: float = Field(0.0, ge=0, description="add Hinton KD with this weight")
+    temperature: float = Field(4.0, gt=0, description="temperature of the kd term")
+    layers: list[str] | None = Field(None, description="module paths of feature taps")
+    params: dict[str, float] = Field(
+        default_factory=dict, description="keyword arguments of the method's loss function"
+    )
+
+
 class MethodConfig(_Section):
     """Which method trains the student, and the settings of its loss terms."""
 
     name: str = "ce"
     preset: Literal["default", "paper_faithful"] = "default"
+    teacher: TeacherConfig = TeacherConfig()
     teacher_perturb: bool = Field(True, description="rot90 + flip of the teacher's view")
+    distill: DistillConfig = DistillConfig()
     ema: EMAConfig = EMAConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     ccd: CCDConfig = CCDConfig()

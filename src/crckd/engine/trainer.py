@@ -24,7 +24,7 @@ from crckd.engine.data import (
     prepare_data,
     seed_everything,
 )
-from crckd.engine.evaluate import predict_probs, resolve_device
+from crckd.engine.evaluate import load_student, predict_probs, resolve_device
 from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_class_table
 from crckd.engine.run_folder import RunFolder
 from crckd.errors import ConfigError, NumericalError
@@ -89,6 +89,8 @@ class Trainer:
             train_labels=train_labels,
             class_weights=weights,
             epochs=train_cfg.epochs,
+            image_size=config.data.image_size,
+            frozen_teacher=self._frozen_teacher(),
         )
         student = build_model(
             config.model.backbone,
@@ -111,6 +113,25 @@ class Trainer:
         )
         self.scheduler = self._make_scheduler()
         self.run.prepare(resume=resume, overwrite=overwrite)
+
+    def _frozen_teacher(self) -> torch.nn.Module | None:
+        """The trained teacher of `method.teacher.mode=frozen`, checked against the data."""
+        teacher = self.config.method.teacher
+        if teacher.mode != "frozen":
+            if teacher.checkpoint is not None:
+                raise ConfigError(
+                    "method.teacher.checkpoint is set: also set method.teacher.mode=frozen"
+                )
+            return None
+        if teacher.checkpoint is None:
+            raise ConfigError("method.teacher.mode=frozen needs method.teacher.checkpoint")
+        loaded = load_student(teacher.checkpoint)
+        if loaded.classes != self.data.classes:
+            raise ConfigError(
+                f"teacher {teacher.checkpoint} was trained on classes {list(loaded.classes)}, "
+                f"the data has {list(self.data.classes)}"
+            )
+        return loaded.model
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.config.train

@@ -53,7 +53,7 @@ def at_loss(
     Per layer this is the authors' code (also RepDistiller's and torchdistill's ``mode='code'``):
     the squared difference of the normalised maps averaged over the batch and the H·W positions.
     The paper writes β/2 Σ_l ‖a_s,l − a_t,l‖₂ (norm not squared) with β = 10³/(H·W·B). Layers
-    are averaged here, not summed as in those codes, so their β = 10³ corresponds to β·L here.
+    are averaged here, not summed as in those codes: a weight β tuned for their sum is L·β here.
     When spatial sizes differ, the larger energy map mean_c |F_c|^p is average-pooled to the
     smaller size before normalisation. Channel counts may differ; teacher maps are detached.
     """

@@ -12,8 +12,8 @@ from crckd.losses.kd import _check_pair
 def _taylor_rbf_correlation(emb: Tensor, gamma: float, order: int) -> Tensor:
     """ψ[i, j] = e^{−2γ} Σ_{p=0}^{P} (2γ)^p / p! · (f_iᵀ f_j)^p, shape [B, B].
 
-    The order-P Taylor expansion of the Gaussian RBF exp(−γ‖f_i − f_j‖²), exact in the limit
-    for unit-norm f (then ‖f_i − f_j‖² = 2 − 2 f_iᵀ f_j).
+    The order-P Taylor expansion of the Gaussian RBF exp(−γ‖f_i − f_j‖²) for unit-norm f
+    (then ‖f_i − f_j‖² = 2 − 2 f_iᵀ f_j); it tends to the RBF kernel as P grows.
     """
     f = emb.flatten(1)
     gram = f @ f.T

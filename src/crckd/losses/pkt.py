@@ -25,7 +25,7 @@ def pkt_loss(student_emb: Tensor, teacher_emb: Tensor, eps: float = 1e-7) -> Ten
 
     This is KL(teacher ‖ student) between the conditional distributions of each row, as in the
     authors' code (and torchdistill's ``PKTLoss``): the diagonal i = j is kept and the B² terms
-    are averaged, where the paper sums them. Embedding sizes may differ; the teacher side is
+    are averaged (the paper writes a sum). Embedding sizes may differ; the teacher side is
     detached.
     """
     _check_pair(student_emb, teacher_emb, batch_only=True)

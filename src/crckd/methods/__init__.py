@@ -1,6 +1,6 @@
 """Training methods: each owns the student, any teacher, heads and memory banks."""
 
-from crckd.methods import ce, mean_teacher  # noqa: F401  (registration)
+from crckd.methods import ce, distill, mean_teacher, teacher  # noqa: F401  (registration)
 from crckd.methods import crckd as _crckd  # noqa: F401  (registration)
 from crckd.methods.base import Method, MethodContext
 from crckd.methods.registry import (

@@ -28,6 +28,8 @@ class MethodContext:
     train_labels: np.ndarray
     class_weights: Tensor | None
     epochs: int
+    image_size: int = 224
+    frozen_teacher: nn.Module | None = None
 
 
 class Method(nn.Module):

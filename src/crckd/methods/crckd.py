@@ -8,16 +8,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crckd.config import MethodConfig
+from crckd.config import MethodConfig, deep_merge
 from crckd.data import ContrastSampler
 from crckd.errors import ConfigError
 from crckd.losses import ContrastMemory, ProjectionHead, ccd_loss, class_centroids, crp_loss
 from crckd.methods.base import MethodContext
 from crckd.methods.mean_teacher import MeanTeacher
 from crckd.methods.registry import register_method
-from crckd.models import Classifier
+from crckd.models import Classifier, ClassifierOutput
 
 _REFERENCE = "Xing et al., MICCAI 2021 (arXiv 2107.03225)"
+# CRD is CCD with one positive, negatives from any class, both directions, no MT and no CRP.
+_CRD = {
+    "consistency": {"weight": 0.0},
+    "crp": {"weight": 0.0},
+    "ccd": {"weight": 0.8, "positives": "exact", "negatives": "unsup", "num_negatives": 16384},
+}
 
 
 @register_method(
@@ -49,15 +55,26 @@ _REFERENCE = "Xing et al., MICCAI 2021 (arXiv 2107.03225)"
     reference=_REFERENCE,
     defaults={"ccd": {"positives": "exact"}},
 )
+@register_method(
+    "crd",
+    summary="CRD: contrastive representation distillation, 'exact' positive, any negatives",
+    reference="Tian, Krishnan & Isola, ICLR 2020",
+    defaults=_CRD,
+)
+@register_method(
+    "crd-relax",
+    summary="CRD with the 'relax' positive: a random image of the anchor's class",
+    reference="Tian, Krishnan & Isola, ICLR 2020",
+    defaults=deep_merge(_CRD, {"ccd": {"positives": "relax"}}),
+)
 class CRCKD(MeanTeacher):
     """Student, EMA teacher, two projection heads and two memory banks of N x D."""
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         super().__init__(student, config, context)
         ccd = config.ccd
-        feat_dim = student.bottleneck.out_features
-        self.embed_student = ProjectionHead(feat_dim, ccd.embed_dim)
-        self.embed_teacher = ProjectionHead(feat_dim, ccd.embed_dim)
+        self.embed_student = ProjectionHead(student.bottleneck.out_features, ccd.embed_dim)
+        self.embed_teacher = ProjectionHead(self.teacher.bottleneck.out_features, ccd.embed_dim)
         n_data = len(context.train_labels)
         self.memory = ContrastMemory(ccd.embed_dim, n_data, ccd.temperature, ccd.momentum)
         try:
@@ -72,13 +89,17 @@ class CRCKD(MeanTeacher):
             raise ConfigError(f"method.ccd: {exc}") from None
         self.register_buffer("train_labels", torch.as_tensor(context.train_labels).long())
 
-    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        weights = self.loss_weights(epoch)
-        student = self.student(batch["image"])
-        teacher = self.teacher_output(batch)
-        terms = {"ce": self.cross_entropy(student.logits, batch["label"])}
-        if weights["kl"] > 0:
-            terms["kl"] = self.consistency(student.logits, teacher.logits)
+    def needs_teacher(self, weights: dict[str, float]) -> bool:
+        return True  # the teacher bank is updated every step, whatever the weights
+
+    def teacher_terms(
+        self,
+        student: ClassifierOutput,
+        teacher: ClassifierOutput,
+        batch: dict[str, Tensor],
+        weights: dict[str, float],
+    ) -> dict[str, Tensor]:
+        terms = super().teacher_terms(student, teacher, batch, weights)
         emb_s = self.embed_student(student.features)
         emb_t = self.embed_teacher(teacher.features)
         index = batch["index"]

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
-from crckd.config import MethodConfig
-from crckd.data import rotate_flip_batch
-from crckd.losses import consistency_kl, consistency_mse, sigmoid_rampup
-from crckd.methods.base import Method, MethodContext
+from crckd.losses import consistency_kl, consistency_mse, sigmoid_rampup, src_loss
 from crckd.methods.registry import register_method
-from crckd.models import Classifier, ClassifierOutput, ema_update, make_teacher
+from crckd.methods.teacher import TeacherMethod
+from crckd.models import ClassifierOutput
 
 
 @register_method(
@@ -20,46 +17,60 @@ from crckd.models import Classifier, ClassifierOutput, ema_update, make_teacher
     summary="mean teacher: weighted CE + ramped KL(p_teacher || p_student) from begin_epoch",
     reference="Tarvainen & Valpola, NeurIPS 2017 (Baseline 2 in Xing et al., MICCAI 2021)",
 )
-class MeanTeacher(Method):
-    """Student plus an EMA teacher that sees its own augmented (and rotated) view."""
+class MeanTeacher(TeacherMethod):
+    """Student plus a teacher that sees its own augmented (and rotated) view."""
 
-    views: ClassVar[int] = 2
-
-    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
-        super().__init__(student, config, context)
-        self.teacher = make_teacher(student)
-
-    def train(self, mode: bool = True) -> MeanTeacher:
-        super().train(mode)
-        self.teacher.train(mode and self.config.ema.teacher_mode == "train")
-        return self
-
-    def teacher_output(self, batch: dict[str, Tensor]) -> ClassifierOutput:
-        """The teacher's prediction on its own view, never with gradient."""
-        view = batch["image2"]
-        if self.config.teacher_perturb:
-            view = rotate_flip_batch(view, generator=self.generator)
-        with torch.no_grad():
-            return self.teacher(view)
+    ema_view: ClassVar[str] = "second"
 
     def consistency(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         if self.config.consistency.type == "mse":
             return consistency_mse(student_logits, teacher_logits)
         return consistency_kl(student_logits, teacher_logits)
 
-    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        student = self.student(batch["image"])
-        terms = {"ce": self.cross_entropy(student.logits, batch["label"])}
-        if self.loss_weights(epoch)["kl"] > 0:
-            teacher = self.teacher_output(batch)
+    def consistency_ramp(self, epoch: int) -> float:
+        """Sigmoid ramp-up of the consistency weight, zero before begin_epoch (§b schedule)."""
+        cfg = self.config.consistency
+        if epoch < cfg.begin_epoch:
+            return 0.0
+        return sigmoid_rampup(epoch, cfg.rampup_epochs)
+
+    def teacher_terms(
+        self,
+        student: ClassifierOutput,
+        teacher: ClassifierOutput,
+        batch: dict[str, Tensor],
+        weights: dict[str, float],
+    ) -> dict[str, Tensor]:
+        terms = super().teacher_terms(student, teacher, batch, weights)
+        if weights["kl"] > 0:
             terms["kl"] = self.consistency(student.logits, teacher.logits)
         return terms
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
-        cfg = self.config.consistency
-        ramp = sigmoid_rampup(epoch, cfg.rampup_epochs)
-        return {"ce": 1.0, "kl": cfg.weight * ramp if epoch >= cfg.begin_epoch else 0.0}
+        kl = self.config.consistency.weight * self.consistency_ramp(epoch)
+        return {**super().loss_weights(epoch), "kl": kl}
 
-    def after_step(self, step: int) -> None:
-        ema = self.config.ema
-        ema_update(self.teacher, self.student, step, ema.decay, ema.include_buffers)
+
+@register_method(
+    "src_mt",
+    summary="mean teacher + sample relation consistency of the 128-d features",
+    reference="Liu et al., IEEE TMI 2020 (SRC-MT)",
+)
+class RelationMeanTeacher(MeanTeacher):
+    """SRC-MT: consistency of predictions and of the batch's sample-relation matrices."""
+
+    def teacher_terms(
+        self,
+        student: ClassifierOutput,
+        teacher: ClassifierOutput,
+        batch: dict[str, Tensor],
+        weights: dict[str, float],
+    ) -> dict[str, Tensor]:
+        terms = super().teacher_terms(student, teacher, batch, weights)
+        if weights["src"] > 0:
+            terms["src"] = src_loss(student.features, teacher.features)
+        return terms
+
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        src = self.config.distill.weight * self.consistency_ramp(epoch)
+        return {**super().loss_weights(epoch), "src": src}

@@ -2,6 +2,7 @@
 
 from crckd.models.classifier import Classifier, ClassifierOutput, build_model, check_backbone_name
 from crckd.models.ema import ema_update, make_teacher
+from crckd.models.features import FeatureTap, stage_layers
 from crckd.models.pretrained import (
     PRETRAINED_SOURCES,
     PretrainedSource,
@@ -13,6 +14,7 @@ __all__ = [
     "PRETRAINED_SOURCES",
     "Classifier",
     "ClassifierOutput",
+    "FeatureTap",
     "PretrainedSource",
     "build_model",
     "check_backbone_name",
@@ -20,4 +22,5 @@ __all__ = [
     "input_normalization",
     "load_backbone_weights",
     "make_teacher",
+    "stage_layers",
 ]

@@ -1,0 +1,249 @@
+"""The standard KD baselines: one distillation term on logits, embeddings or feature maps.
+
+Each works with either teacher mode (EMA or frozen checkpoint). Feature maps come from forward
+hooks on the stage outputs timm lists for the backbone (`method.distill.layers` overrides);
+small heads absorb channel mismatches between student and teacher. Default weights follow the
+papers' or RepDistiller's CIFAR settings; `method.distill.weight` changes them and
+`method.distill.params` passes keyword arguments to the loss function.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from crckd.config import MethodConfig
+from crckd.errors import ConfigError
+from crckd.losses import (
+    VIDLoss,
+    at_loss,
+    cc_loss,
+    dist_loss,
+    dkd_loss,
+    fitnet_loss,
+    pkt_loss,
+    rkd_loss,
+    sp_loss,
+)
+from crckd.methods.base import MethodContext
+from crckd.methods.registry import register_method
+from crckd.methods.teacher import TeacherMethod
+from crckd.models import Classifier, ClassifierOutput, FeatureTap, stage_layers
+
+
+class Distiller(TeacherMethod, abc.ABC):
+    """Cross-entropy plus one named distillation term (`term`), switched on at begin_epoch."""
+
+    term: ClassVar[str]
+    stages: ClassVar[int] = 0  # feature-map stages tapped (0: the method needs no maps)
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        super().__init__(student, config, context)
+        self.student_tap = self.teacher_tap = None
+        if self.stages:
+            layers = config.distill.layers
+            self.student_tap = FeatureTap(student, layers or stage_layers(student, self.stages))
+            self.teacher_tap = FeatureTap(
+                self.teacher, layers or stage_layers(self.teacher, self.stages)
+            )
+            if len(self.student_tap.layers) != len(self.teacher_tap.layers):
+                raise ConfigError("student and teacher need the same number of tapped layers")
+
+    def feature_channels(self, image_size: int) -> list[tuple[int, int]]:
+        """(student, teacher) channels of each tapped layer, from one dummy forward."""
+        probe = torch.zeros(2, 3, image_size, image_size)
+        with torch.no_grad():
+            for model in (self.student, self.teacher):
+                was_training = model.training
+                model.eval()
+                model(probe)
+                model.train(was_training)
+        pairs = zip(self.student_tap.features(), self.teacher_tap.features(), strict=True)
+        return [(s.shape[1], t.shape[1]) for s, t in pairs]
+
+    def loss_params(self) -> dict[str, Any]:
+        return dict(self.config.distill.params)
+
+    @abc.abstractmethod
+    def distill_loss(
+        self, student: ClassifierOutput, teacher: ClassifierOutput, batch: dict[str, Tensor]
+    ) -> Tensor:
+        """The method's own term, from both outputs and (for map methods) the taps."""
+
+    def teacher_terms(
+        self,
+        student: ClassifierOutput,
+        teacher: ClassifierOutput,
+        batch: dict[str, Tensor],
+        weights: dict[str, float],
+    ) -> dict[str, Tensor]:
+        terms = super().teacher_terms(student, teacher, batch, weights)
+        if weights[self.term] > 0:
+            try:
+                terms[self.term] = self.distill_loss(student, teacher, batch)
+            except TypeError as exc:
+                raise ConfigError(f"method.distill.params: {exc}") from None
+        return terms
+
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        distill = self.config.distill
+        weight = 0.0
+        if epoch >= distill.begin_epoch:
+            ramp = 1.0
+            if distill.warmup_epochs:
+                ramp = min(1.0, (epoch - distill.begin_epoch + 1) / distill.warmup_epochs)
+            weight = distill.weight * ramp
+        return {**super().loss_weights(epoch), self.term: weight}
+
+
+def _paper(name: str, summary: str, reference: str, weight: float, **distill: Any):
+    return register_method(
+        name,
+        summary=summary,
+        reference=reference,
+        defaults={"distill": {"weight": weight, **distill}},
+    )
+
+
+@_paper(
+    "dkd",
+    "decoupled KD (target and non-target terms)",
+    "Zhao et al., CVPR 2022",
+    1.0,
+    warmup_epochs=20,
+)
+class DecoupledKD(Distiller):
+    term = "dkd"
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        if context.num_classes < 3:
+            raise ConfigError(
+                f"dkd needs at least 3 classes (its non-target term is empty with "
+                f"{context.num_classes}); use kd instead"
+            )
+        super().__init__(student, config, context)
+
+    def distill_loss(self, student, teacher, batch):
+        return dkd_loss(student.logits, teacher.logits, batch["label"], **self.loss_params())
+
+
+@_paper(
+    "dist",
+    "DIST: inter- and intra-class Pearson relations of predictions",
+    "Huang et al., NeurIPS 2022",
+    1.0,
+)
+class DIST(Distiller):
+    term = "dist"
+
+    def distill_loss(self, student, teacher, batch):
+        return dist_loss(student.logits, teacher.logits, **self.loss_params())
+
+
+@_paper(
+    "rkd",
+    "relational KD: distances and angles of the 128-d features",
+    "Park et al., CVPR 2019",
+    1.0,
+)
+class RelationalKD(Distiller):
+    term = "rkd"
+
+    def distill_loss(self, student, teacher, batch):
+        return rkd_loss(student.features, teacher.features, **self.loss_params())
+
+
+@_paper(
+    "pkt",
+    "probabilistic knowledge transfer on the 128-d features",
+    "Passalis & Tefas, ECCV 2018",
+    30000.0,
+)
+class ProbabilisticKT(Distiller):
+    term = "pkt"
+
+    def distill_loss(self, student, teacher, batch):
+        return pkt_loss(student.features, teacher.features, **self.loss_params())
+
+
+@_paper("cc", "correlation congruence of the 128-d features", "Peng et al., ICCV 2019", 0.02)
+class CorrelationCongruence(Distiller):
+    term = "cc"
+
+    def distill_loss(self, student, teacher, batch):
+        return cc_loss(student.features, teacher.features, **self.loss_params())
+
+
+@_paper("sp", "similarity-preserving KD on the last stage's maps", "Tung & Mori, ICCV 2019", 3000.0)
+class SimilarityPreserving(Distiller):
+    term = "sp"
+    stages = 1
+
+    def distill_loss(self, student, teacher, batch):
+        (s,), (t,) = self.student_tap.features(), self.teacher_tap.features()
+        return sp_loss(s, t)
+
+
+@_paper(
+    "at", "attention transfer on the last three stages", "Zagoruyko & Komodakis, ICLR 2017", 1000.0
+)
+class AttentionTransfer(Distiller):
+    term = "at"
+    stages = 3
+
+    def distill_loss(self, student, teacher, batch):
+        return at_loss(
+            self.student_tap.features(), self.teacher_tap.features(), **self.loss_params()
+        )
+
+
+@_paper(
+    "fitnet",
+    "FitNets hint: 1x1-conv regressor from the student's to the teacher's maps",
+    "Romero et al., ICLR 2015",
+    100.0,
+)
+class FitNet(Distiller):
+    term = "fitnet"
+    stages = 1
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        super().__init__(student, config, context)
+        ((s_channels, t_channels),) = self.feature_channels(context.image_size)
+        self.regressor = nn.Sequential(
+            nn.Conv2d(s_channels, t_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(t_channels),
+        )
+
+    def distill_loss(self, student, teacher, batch):
+        (s,), (t,) = self.student_tap.features(), self.teacher_tap.features()
+        hint = self.regressor(s)
+        if hint.shape[-2:] != t.shape[-2:]:
+            hint = nn.functional.adaptive_avg_pool2d(hint, t.shape[-2:])
+        return fitnet_loss(hint, t)
+
+
+@_paper(
+    "vid",
+    "variational information distillation on the last three stages",
+    "Ahn et al., CVPR 2019",
+    1.0,
+)
+class VariationalInformation(Distiller):
+    term = "vid"
+    stages = 3
+
+    def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        super().__init__(student, config, context)
+        self.estimators = nn.ModuleList(
+            VIDLoss(s, t, t, **self.loss_params())
+            for s, t in self.feature_channels(context.image_size)
+        )
+
+    def distill_loss(self, student, teacher, batch):
+        pairs = zip(self.student_tap.features(), self.teacher_tap.features(), strict=True)
+        losses = [vid(s, t) for vid, (s, t) in zip(self.estimators, pairs, strict=True)]
+        return torch.stack(losses).sum()

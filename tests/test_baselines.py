@@ -1,0 +1,154 @@
+"""Every registered method trains on a tiny dataset with both teacher modes."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from crckd.config import load_config
+from crckd.engine import train
+from crckd.errors import ConfigError
+from crckd.methods import MethodContext, available_methods, get_method
+from crckd.models import build_model
+from test_trainer import FAST, make_colour_ham
+
+METHODS = [spec.name for spec in available_methods()]
+TEACHER_METHODS = [name for name in METHODS if name != "ce"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_colour_ham(tmp_path_factory.mktemp("data") / "ham", n_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def frozen_teacher(data_root, tmp_path_factory) -> Path:
+    """A `ce` teacher of another backbone than the students', as RepDistiller trains one."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    train(
+        load_config(
+            overrides=[f"data.root={data_root}", f"output_dir={out}", "train.epochs=1", *FAST]
+        )
+    )
+    return out / "checkpoints" / "best.pt"
+
+
+def one_epoch(data_root: Path, out: Path, name: str, *extra: str) -> pd.DataFrame:
+    overrides = [
+        f"data.root={data_root}",
+        f"output_dir={out}",
+        f"method.name={name}",
+        "train.epochs=1",
+        *FAST,
+        "method.consistency.begin_epoch=0",
+        "method.crp.begin_epoch=0",
+        "method.distill.warmup_epochs=0",
+        *extra,
+    ]
+    train(load_config(overrides=overrides))
+    return pd.read_csv(out / "epochs.csv")
+
+
+def own_terms(frame: pd.DataFrame) -> dict[str, float]:
+    """Loss terms other than CE whose weight was not 0 in the first epoch."""
+    return {
+        column[len("train_") :]: frame.loc[0, column]
+        for column in frame.columns
+        if column.startswith("train_")
+        and column not in ("train_loss", "train_ce", "train_seconds")
+        and frame.loc[0, f"weight_{column[len('train_') :]}"] > 0
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TEACHER_METHODS)
+def test_method_trains_with_an_ema_teacher(name, data_root, tmp_path):
+    terms = own_terms(one_epoch(data_root, tmp_path / "run", name))
+    assert terms, f"{name} logged no distillation term"
+    assert all(np.isfinite(v) for v in terms.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TEACHER_METHODS)
+def test_method_trains_with_a_frozen_teacher_of_another_backbone(
+    name, data_root, frozen_teacher, tmp_path
+):
+    terms = own_terms(
+        one_epoch(
+            data_root,
+            tmp_path / "run",
+            name,
+            "model.backbone=mobilenetv3_small_050",
+            "method.teacher.mode=frozen",
+            f"method.teacher.checkpoint={frozen_teacher}",
+        )
+    )
+    assert terms and all(np.isfinite(v) for v in terms.values())
+
+
+def test_frozen_teacher_is_not_updated(frozen_teacher, data_root, tmp_path):
+    from crckd.engine import load_checkpoint
+
+    before = load_checkpoint(frozen_teacher)["student"]
+    one_epoch(
+        data_root,
+        tmp_path / "run",
+        "kd",
+        "method.teacher.mode=frozen",
+        f"method.teacher.checkpoint={frozen_teacher}",
+    )
+    after = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["method"]
+    for key, value in before.items():
+        torch.testing.assert_close(after[f"teacher.{key}"], value, rtol=0, atol=0)
+
+
+def test_frozen_mode_without_checkpoint_is_a_config_error(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"needs method\.teacher\.checkpoint"):
+        one_epoch(data_root, tmp_path / "run", "kd", "method.teacher.mode=frozen")
+
+
+def test_dkd_is_refused_for_two_classes():
+    config = load_config(overrides=["method.name=dkd"])
+    context = MethodContext(2, np.array([0, 1, 0, 1]), None, 1, image_size=32)
+    with pytest.raises(ConfigError, match="at least 3 classes"):
+        get_method("dkd").cls(build_model("resnet18", 2), config.method, context)
+
+
+def test_kd_can_be_added_to_any_method_by_weight():
+    config = load_config(overrides=["method.name=rkd", "method.distill.kd_weight=0.5"])
+    context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
+    method = get_method("rkd").cls(build_model("resnet18", 3, feat_dim=16), config.method, context)
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.tensor([0, 1, 2, 0]),
+        "index": torch.arange(4),
+    }
+    assert set(method.train().training_losses(batch, epoch=0)) == {"ce", "kd", "rkd"}
+    assert method.loss_weights(0)["kd"] == 0.5
+
+
+def test_unknown_loss_parameter_is_a_config_error():
+    config = load_config(overrides=["method.name=dist", "method.distill.params={alpha: 2}"])
+    context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
+    method = get_method("dist").cls(build_model("resnet18", 3), config.method, context)
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
+    with pytest.raises(ConfigError, match="alpha"):
+        method.train().training_losses(batch, epoch=0)
+
+
+def test_feature_map_methods_tap_without_changing_the_forward():
+    config = load_config(overrides=["method.name=at"])
+    context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
+    student = build_model("resnet18", 3)
+    x = torch.randn(2, 3, 32, 32)
+    student.eval()
+    before = student(x).logits
+    method = get_method("at").cls(student, config.method, context)
+    assert method.student_tap.layers == [
+        "backbone.layer2",
+        "backbone.layer3",
+        "backbone.layer4",
+    ]
+    torch.testing.assert_close(method.student(x).logits, before)
