@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crckd import __version__
+from crckd.cli_check import add_commands as add_check_commands
+from crckd.cli_results import add_commands as add_result_commands
 from crckd.errors import CrckdError
 
 EXIT_USER_ERROR = 2
@@ -73,6 +75,22 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), methods=args.methods, epochs=args.epochs)
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from crckd.config import deep_merge, parse_override, read_yaml
+    from crckd.engine.compare import markdown_table, run_comparison, write_comparison
+
+    raw = read_yaml(args.config)
+    for text in args.overrides:
+        raw = deep_merge(raw, parse_override(text))
+    out = Path(args.out)
+    frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
+    summary = write_comparison(frame, out)
+    print(markdown_table(summary))
+    print(
+        f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}"
+    )
+
+
 def _cmd_methods(args: argparse.Namespace) -> None:
     from crckd.methods import available_methods
 
@@ -115,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="class probabilities for image files or folders")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        help="best.pt or last.pt of a run, or a model from `crckd export` (its card beside it)",
+    )
     p.add_argument("--out", required=True, help="CSV to write (one row per image)")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--batch-size", type=int, default=64)
@@ -128,8 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser(
+        "compare", help="train methods x seeds (x folds) from one config and tabulate them"
+    )
+    p.add_argument("-c", "--config", required=True, help="YAML config shared by every run")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for every run")
+    p.add_argument("--methods", nargs="+", required=True, help="method names (crckd methods)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--folds", nargs="+", type=int, help="test folds of a kfold split (APTOS)")
+    p.add_argument("--out", required=True, help="folder of the runs and the comparison files")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("methods", help="list the registered methods and their papers")
     p.set_defaults(func=_cmd_methods)
+    add_result_commands(sub)
+    add_check_commands(sub)
     return parser
 
 

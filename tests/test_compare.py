@@ -1,0 +1,55 @@
+"""`crckd compare`: the grid of runs, skipping finished ones, and the tables it writes."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from crckd.cli import main
+from crckd.engine.compare import markdown_table, plan_runs, summarize
+from test_trainer import FAST, make_colour_ham
+
+
+def test_plan_covers_methods_seeds_and_folds():
+    plan = plan_runs(["ce", "crckd"], [0, 1], folds=[1, 2])
+    assert len(plan) == 8
+    assert plan[0].name == "seed0-fold1"
+    assert {(r.method, r.seed, r.fold) for r in plan} == {
+        (m, s, f) for m in ("ce", "crckd") for s in (0, 1) for f in (1, 2)
+    }
+
+
+def test_summary_marks_the_best_mean_in_bold():
+    frame = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "b"],
+            "accuracy": [0.5, 0.7, 0.8, 0.9],
+            "kappa": [0.4, 0.2, 0.1, 0.1],
+        }
+    )
+    summary = summarize(frame, metrics=["accuracy", "kappa"])
+    assert summary.loc["a", ("accuracy", "mean")] == pytest.approx(0.6)
+    assert summary.loc["a", ("accuracy", "std")] == pytest.approx(pd.Series([0.5, 0.7]).std())
+    table = markdown_table(summary, metrics=["accuracy", "kappa"])
+    row_a, row_b = table.splitlines()[2:4]
+    assert "**0.850 ± 0.071**" in row_b and "**0.300 ± 0.141**" in row_a
+    assert "**" not in row_a.split("|")[3]
+
+
+@pytest.mark.slow
+def test_compare_runs_the_grid_once_and_writes_tables(tmp_path, capsys):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
+    config = tmp_path / "base.yaml"
+    raw = {"data": {"root": str(root)}, "train": {"epochs": 1}}
+    config.write_text(yaml.safe_dump(raw))
+    args = ["compare", "-c", str(config), *FAST, "--methods", "ce", "mt", "--seeds", "0", "1"]
+    assert main([*args, "--out", str(tmp_path / "cmp")]) == 0
+    frame = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert sorted(zip(frame["method"], frame["seed"], strict=True)) == [
+        ("ce", 0), ("ce", 1), ("mt", 0), ("mt", 1)
+    ]  # fmt: skip
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| ce | 2 |" in text and "| mt | 2 |" in text
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().out.count("done, skipped") == 4
