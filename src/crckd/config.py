@@ -38,6 +38,7 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     num_workers: int = Field(0, ge=0)
+    check: bool = Field(True, description="open every image once before training (check-data)")
 
 
 class ModelConfig(_Section):
@@ -148,6 +149,11 @@ class TrainConfig(_Section):
     select_metric: str = "balanced_accuracy"
     report_last_k: int = Field(10, ge=1, description="test epochs averaged for the paper's rule")
     kappa_weights: Literal["auto", "quadratic", "linear", "none"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision; auto: bf16 (or fp16) on CUDA, off on the CPU"
+    )
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA only")
+    compile: bool = Field(False, description="torch.compile the student")
     progress: bool = True
 
 

@@ -24,6 +24,7 @@ from crckd.data import (
 from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.data import make_loader
 from crckd.engine.metrics import classification_metrics, per_class_table
+from crckd.engine.precision import Precision
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError
 from crckd.models import Classifier, build_model, input_normalization
@@ -50,13 +51,16 @@ def predict_probs(
     *,
     desc: str = "predict",
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities [N, C] and labels [N] of the student in eval mode."""
+    precision = precision or Precision(device)
     was_training = model.training
     model.eval()
     probs, labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        logits = model(batch["image"].to(device)).logits
+        with precision.autocast():
+            logits = model(precision.images(batch["image"])).logits
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(batch["label"])
     model.train(was_training)
@@ -169,23 +173,38 @@ def predict_paths(
     device: str = "auto",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Class probabilities and the top class for every image under `paths`, saved as CSV."""
-    torch_device = resolve_device(device)
-    student = load_student(checkpoint, torch_device)
+    """Class probabilities and the top class for every image under `paths`, saved as CSV.
+
+    `checkpoint` is a crckd checkpoint (best.pt, last.pt) or a model written by `crckd export`
+    (ONNX or TorchScript, run on the CPU), whose model card gives classes, size and
+    normalisation. Images go through the model `batch_size` at a time, with a progress bar.
+    """
+    from crckd.engine.export import is_exported, load_exported  # export imports this module
+
+    exported = load_exported(checkpoint) if is_exported(checkpoint) else None
+    if exported is not None:
+        classes, size, normalization = exported.classes, exported.image_size, exported.normalization
+    else:
+        torch_device = resolve_device(device)
+        student = load_student(checkpoint, torch_device)
+        classes, size, normalization = student.classes, student.image_size, student.normalization
     files = [str(p) for p in list_images(paths)]
     loader = make_loader(
         files,
         None,
-        eval_transform(student.image_size, student.normalization),
+        eval_transform(size, normalization),
         batch_size=batch_size,
         shuffle=False,
         num_workers=0,
     )
-    probs, _ = predict_probs(student.model, loader, torch_device, progress=progress)
+    if exported is not None:
+        probs = exported.probs(loader, progress=progress)
+    else:
+        probs, _ = predict_probs(student.model, loader, torch_device, progress=progress)
     frame = pd.DataFrame({"path": files})
-    for c, name in enumerate(student.classes):
+    for c, name in enumerate(classes):
         frame[f"prob_{name}"] = probs[:, c]
-    frame["predicted"] = [student.classes[i] for i in probs.argmax(axis=1)]
+    frame["predicted"] = [classes[i] for i in probs.argmax(axis=1)]
     frame["confidence"] = probs.max(axis=1)
     out_csv = Path(out_csv)
     atomic_write_text(out_csv, frame.to_csv(index=False))

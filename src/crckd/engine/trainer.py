@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,9 @@ from crckd.engine.data import (
 )
 from crckd.engine.evaluate import load_student, predict_probs, resolve_device
 from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_class_table
-from crckd.engine.run_folder import RunFolder
-from crckd.errors import ConfigError, NumericalError
+from crckd.engine.precision import resolve_precision
+from crckd.engine.run_folder import RunFolder, write_guard
+from crckd.errors import CheckpointError, ConfigError, DataError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
 from crckd.models import build_model, input_normalization
 
@@ -99,7 +102,13 @@ class Trainer:
             feat_dim=config.model.feat_dim,
             drop_rate=config.model.drop_rate,
         )
+        self.precision = resolve_precision(train_cfg, self.device)
         self.method: Method = spec.cls(student, config.method, context).to(self.device)
+        if self.precision.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if train_cfg.compile:
+            self.method.student.compile()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.loaders = self._make_eval_loaders()
@@ -179,7 +188,13 @@ class Trainer:
         writer = SummaryWriter(self.run.tensorboard)
         try:
             for epoch in range(state["epoch"], train_cfg.epochs):
-                record = self._run_epoch(epoch, state)
+                try:
+                    record = self._run_epoch(epoch, state)
+                except DataError as err:
+                    raise DataError(
+                        f"epoch {epoch + 1}, {err}; the last checkpoint "
+                        f"{self.run.last_checkpoint} is kept: fix the file and resume"
+                    ) from None
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
                 self._log_epoch(writer, record)
@@ -195,10 +210,16 @@ class Trainer:
         return self._finish(state)
 
     def _start_state(self) -> dict[str, Any]:
-        if self.resume:
-            return self._restore(load_checkpoint(self.run.last_checkpoint))
+        """The progress to start from; a resumed run that never saved a checkpoint restarts."""
+        if self.data.check is not None:
+            self.run.write_data_check(self.data.check.to_dict())
+        if self.resume and self.run.last_checkpoint.exists():
+            state = self._restore(load_checkpoint(self.run.last_checkpoint))
+            self.run.write_epochs(state["history"])  # a kill may have cut the last row
+            return state
         self.run.write_config(config_to_dict(self.config))
-        save_split(self.data.split, self.run.split)
+        with write_guard(self.run.split):
+            save_split(self.data.split, self.run.split)
         return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +231,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.epoch_start_lr
         weights = self.method.loss_weights(epoch)
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, torch.Tensor | float] = defaultdict(float)
         started = time.perf_counter()
         self.method.train()
         loader = self._train_loader(epoch)
@@ -220,23 +241,26 @@ class Trainer:
             leave=False,
             disable=not cfg.progress,
         )
-        for batch in bar:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            terms = self.method.training_losses(batch, epoch)
-            total = self._weighted_total(terms, weights, epoch, state["step"])
+        for batch in _batches(bar):
+            batch = self._to_device(batch)
+            with self.precision.autocast():
+                terms = self.method.training_losses(batch, epoch)
+                total = self._weighted_total(terms, weights, epoch, state["step"])
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             self.method.after_step(state["step"])
             state["step"] += 1
-            sums["loss"] += total.item()
+            sums["loss"] += total.detach()
             for name, value in terms.items():
-                sums[name] += value.item()
-            bar.set_postfix(loss=f"{total.item():.3f}")
+                sums[name] += value.detach()
+            if state["step"] % 10 == 0:
+                bar.set_postfix(loss=f"{total.item():.3f}")
         batches = max(len(loader), 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{name}": value / batches for name, value in sums.items()})
+        record.update({f"train_{name}": float(value) / batches for name, value in sums.items()})
         record.update({f"weight_{name}": value for name, value in weights.items()})
         record["train_seconds"] = time.perf_counter() - started
         record.update(self._evaluate_split("val", prefix="val_"))
@@ -244,29 +268,43 @@ class Trainer:
             record.update(self._evaluate_split("test", prefix="test_"))
         return record
 
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            key: self.precision.images(value)
+            if key.startswith("image")
+            else value.to(self.device, non_blocking=True)
+            for key, value in batch.items()
+        }
+
     def _weighted_total(
         self, terms: dict[str, torch.Tensor], weights: dict[str, float], epoch: int, step: int
     ) -> torch.Tensor:
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                raise NumericalError(
-                    f"loss term '{name}' is {value.item()} at epoch {epoch + 1}, step {step}; "
-                    f"the last good checkpoint is {self.run.last_checkpoint}"
-                )
-        return sum(weights[name] * value for name, value in terms.items() if weights[name] != 0)
+        total = sum(weights[name] * value for name, value in terms.items() if weights[name] != 0)
+        finite = torch.stack([value.detach().float() for value in terms.values()]).isfinite()
+        if not bool(finite.all()):  # one device sync per step, not one per term
+            pairs = zip(terms.items(), finite, strict=True)
+            name, value = next(item for item, ok in pairs if not ok)
+            raise NumericalError(
+                f"loss term '{name}' is {value.item()} at epoch {epoch + 1}, step {step}; "
+                f"the last good checkpoint is {self.run.last_checkpoint}"
+            )
+        return total
 
     def _evaluate_split(self, name: str, prefix: str) -> dict[str, float]:
         metrics = self._metrics(name)
         return {f"{prefix}{key}": metrics[key] for key in SCALAR_METRICS}
 
     def _metrics(self, name: str) -> dict[str, Any]:
-        probs, labels = predict_probs(
-            self.method.student,
-            self.loaders[name],
-            self.device,
-            desc=f"eval {name}",
-            progress=self.config.train.progress,
-        )
+        try:
+            probs, labels = predict_probs(
+                self.method.student,
+                self.loaders[name],
+                self.device,
+                desc=f"eval {name}",
+                progress=self.config.train.progress,
+            )
+        except DataError as err:
+            raise DataError(f"evaluating the {name} split: {_image_error(err)}") from None
         return classification_metrics(labels, probs, self.data.classes, self.kappa)
 
     def _log_epoch(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
@@ -301,14 +339,22 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "progress": {k: state[k] for k in ("epoch", "step", "best_score", "best_epoch")},
             "history": state["history"],
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        self.method.load_state_dict(checkpoint["method"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.method.load_state_dict(checkpoint["method"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{self.run.last_checkpoint} does not fit the configured method and model; was "
+                f"the config changed since the run started? ({str(exc).splitlines()[0]})"
+            ) from None
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
         progress = dict(checkpoint["progress"])
         progress["history"] = list(checkpoint["history"])
         return progress
@@ -331,8 +377,26 @@ class Trainer:
             }
         )
         self.run.write_metrics(metrics)
-        per_class_table(metrics).to_csv(self.run.per_class, index=False)
+        self.run.write_per_class(per_class_table(metrics))
         return RunResult(self.run.root, metrics)
+
+
+def _batches(loader: Iterable[dict]) -> Iterator[dict]:
+    """The batches of `loader`; an unreadable image raises DataError naming the batch."""
+    batches = iter(loader)
+    for number in itertools.count(1):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DataError as err:
+            raise DataError(f"training batch {number}: {_image_error(err)}") from None
+        yield batch
+
+
+def _image_error(err: DataError) -> str:
+    """The message of a DataError, without the traceback a DataLoader worker wraps around it."""
+    return str(err).rsplit("DataError: ", 1)[-1].strip()
 
 
 def _mean_of(records: list[dict[str, Any]], key: str) -> float | None:
