@@ -216,7 +216,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if data is None:
         return {}
@@ -235,7 +235,7 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
 
     method = raw.get("method", {}) if isinstance(raw.get("method"), dict) else {}
     preset_name = method.get("preset", "default")
-    if preset_name not in PRESETS:
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise ConfigError(
             f"{source}: unknown method.preset {preset_name!r}; one of {list(PRESETS)}"
         )

@@ -1,13 +1,17 @@
 """Data layer: dataset tables, splits, transforms, contrast sampling and the HAM10000 sample."""
 
+from crckd.data.check import DataReport, Finding, check_dataset
 from crckd.data.datasets import (
     APTOS_CLASSES,
     HAM10000_CLASSES,
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    PIXEL_LIMIT_ENV,
     ImageDataset,
     ImageTable,
     list_images,
     load_table,
+    max_image_pixels,
     open_rgb,
 )
 from crckd.data.sample import sample_root
@@ -35,17 +39,23 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "PIXEL_LIMIT_ENV",
     "SPLIT_NAMES",
     "ContrastSampler",
+    "DataReport",
+    "Finding",
     "ImageDataset",
     "ImageTable",
     "Normalization",
+    "check_dataset",
     "check_no_group_leak",
     "eval_transform",
     "list_images",
     "load_split",
     "load_table",
     "make_split",
+    "max_image_pixels",
     "open_rgb",
     "rotate_flip_batch",
     "sample_root",

@@ -3,7 +3,8 @@
 Every layout is turned into one `ImageTable` (image id, absolute path, integer label, group), so
 that splitting, training and evaluation never need to know how the files were laid out. Problems
 the user can fix (missing files, bad labels, wrong columns) raise `DataError` naming the file, row
-or id at fault, before any training starts.
+or id at fault, before any training starts; given an `Issues` collector instead, the readers
+record every bad row and go on (`crckd.data.check` builds its report this way).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -24,9 +27,24 @@ HAM10000_CLASSES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
 APTOS_CLASSES = ("no_dr", "mild", "moderate", "severe", "proliferative_dr")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default pixel limit (PIL's): a larger image is refused unread, as a decompression bomb."""
+PIXEL_LIMIT_ENV = "CRCKD_MAX_IMAGE_PIXELS"
+"""Environment variable that overrides `MAX_IMAGE_PIXELS` (training, eval, predict, checks)."""
+
 _APTOS_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_HAM_EXTRA_COLUMNS = ("dx_type", "age", "sex", "localization", "dataset")
 _SHOW = 5  # how many offending ids an error message lists
 _INT = re.compile(r"[+-]?\d+")
+_BOM = b"\xef\xbb\xbf"
+
+
+class Issues(Protocol):
+    """Collects the problems of a dataset instead of raising at the first one."""
+
+    def error(self, code: str, message: str, items: Sequence[str] = ()) -> None: ...
+
+    def note(self, code: str, message: str, items: Sequence[str] = ()) -> None: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +70,7 @@ def load_table(
     csv: str | Path | None = None,
     classes: Sequence[str] | None = None,
     check_files: bool = True,
+    issues: Issues | None = None,
 ) -> ImageTable:
     """Read a dataset folder in one of the layouts "ham10000", "aptos", "csv" or "imagefolder".
 
@@ -59,6 +78,9 @@ def load_table(
     labels.csv); a relative `csv` is looked up in `root` first, then in the working directory.
     `classes` fixes the class names and their order for "csv" and "imagefolder"; the HAM10000
     and APTOS classes are fixed. `check_files=False` skips checking that every image exists.
+    With `issues`, bad rows (blank values, duplicate ids, unknown labels) and empty class
+    folders are recorded there and left out, and notes (a BOM, unused columns) are added;
+    problems that leave nothing to read (no folder, no CSV, missing columns) still raise.
     """
     name = dataset.strip().lower()
     if name not in _LOADERS:
@@ -66,7 +88,7 @@ def load_table(
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    return _LOADERS[name](root, csv, classes, check_files)
+    return _LOADERS[name](root, csv, classes, check_files, issues)
 
 
 def list_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -87,13 +109,49 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image fully (so the file is closed) and convert it to RGB."""
+def max_image_pixels() -> int:
+    """The pixel limit: $CRCKD_MAX_IMAGE_PIXELS when set, else `MAX_IMAGE_PIXELS`."""
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) == 0:
+        raise DataError(f"{PIXEL_LIMIT_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def pixel_limit_error(image: Image.Image, limit: int) -> str | None:
+    """Why an opened (not yet decoded) image is refused by the pixel limit, or None."""
+    width, height = image.size
+    if width * height <= limit:
+        return None
+    return f"{width}x{height} = {width * height} pixels, over the limit of {limit}"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image to 8-bit RGB; 16-bit grey levels are scaled, not clipped."""
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def open_rgb(path: str | Path | IO[bytes], max_pixels: int | None = None) -> Image.Image:
+    """Open an image fully (so the file is closed) and convert it to RGB.
+
+    An image of more than `max_pixels` (default `max_image_pixels()`) is refused before it is
+    decoded; any unreadable image raises DataError naming the file.
+    """
+    limit = max_pixels or max_image_pixels()
     try:
         with Image.open(path) as image:
+            refused = pixel_limit_error(image, limit)
+            if refused:
+                raise DataError(
+                    f"image {path} refused: {refused} (a possible decompression bomb; "
+                    f"set {PIXEL_LIMIT_ENV} to allow it)"
+                )
             image.load()
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 
 
@@ -135,62 +193,81 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def _load_ham10000(
-    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+    root: Path,
+    csv: str | Path | None,
+    classes: Sequence[str] | None,
+    check_files: bool,
+    issues: Issues | None,
 ) -> ImageTable:
     _check_fixed_classes("ham10000", HAM10000_CLASSES, classes)
     csv_path = _csv_path(root, csv, "HAM10000_metadata.csv")
-    meta = _read_csv(csv_path, ("lesion_id", "image_id", "dx"))
+    meta = _read_csv(csv_path, ("lesion_id", "image_id", "dx"), issues, _HAM_EXTRA_COLUMNS)
+    meta = _unique_rows(meta, "image_id", csv_path, issues)
+    labels = _lookup_labels(meta["dx"].str.lower(), HAM10000_CLASSES, csv_path, "dx", issues)
+    meta, labels = meta[labels >= 0], labels[labels >= 0]
     ids = meta["image_id"].tolist()
-    _check_unique(ids, csv_path, "image_id")
-    labels = _lookup_labels(meta["dx"].str.lower().tolist(), HAM10000_CLASSES, csv_path, "dx")
     index = _index_images(root)
     paths = _find_paths(ids, index, root, ".jpg", csv_path, check_files)
-    frame = _frame(ids, paths, labels, meta["lesion_id"].tolist())
+    frame = _frame(ids, paths, labels.tolist(), meta["lesion_id"].tolist())
     return ImageTable("ham10000", root, HAM10000_CLASSES, frame)
 
 
 def _load_aptos(
-    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+    root: Path,
+    csv: str | Path | None,
+    classes: Sequence[str] | None,
+    check_files: bool,
+    issues: Issues | None,
 ) -> ImageTable:
     _check_fixed_classes("aptos", APTOS_CLASSES, classes)
     csv_path = _csv_path(root, csv, "train.csv")
-    meta = _read_csv(csv_path, ("id_code", "diagnosis"))
+    meta = _read_csv(csv_path, ("id_code", "diagnosis"), issues)
+    meta = _unique_rows(meta, "id_code", csv_path, issues)
+    labels = _integer_labels(meta["diagnosis"], len(APTOS_CLASSES), csv_path, "diagnosis", issues)
+    meta, labels = meta[labels >= 0], labels[labels >= 0]
     ids = meta["id_code"].tolist()
-    _check_unique(ids, csv_path, "id_code")
-    labels = _integer_labels(meta["diagnosis"].tolist(), len(APTOS_CLASSES), csv_path, "diagnosis")
     folder = root / "train_images"
     if check_files and not folder.is_dir():
         raise DataError(f"APTOS image folder not found: {folder} (images listed in {csv_path})")
     index = _index_images(folder, _APTOS_EXTENSIONS, recursive=False) if folder.is_dir() else {}
     paths = _find_paths(ids, index, folder, ".png", csv_path, check_files)
-    frame = _frame(ids, paths, labels, ids)
+    frame = _frame(ids, paths, labels.tolist(), ids)
     return ImageTable("aptos", root, APTOS_CLASSES, frame, ordinal=True)
 
 
 def _load_csv(
-    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+    root: Path,
+    csv: str | Path | None,
+    classes: Sequence[str] | None,
+    check_files: bool,
+    issues: Issues | None,
 ) -> ImageTable:
     csv_path = _csv_path(root, csv, "labels.csv")
-    table = _read_csv(csv_path, ("path", "label"))
-    written = table["path"].tolist()
-    ids = table["image_id"].tolist() if "image_id" in table else written
-    _check_unique(ids, csv_path, "image_id" if "image_id" in table else "path")
+    table = _read_csv(csv_path, ("path", "label"), issues, ("image_id", "group"))
+    table = _unique_rows(table, "image_id" if "image_id" in table else "path", csv_path, issues)
     if classes is None:
         classes = _classes_from_labels(table["label"].tolist())
     else:
         classes = _check_classes(classes)
-    labels = _lookup_labels(table["label"].tolist(), classes, csv_path, "label", by_index=True)
+    labels = _lookup_labels(table["label"], classes, csv_path, "label", issues, by_index=True)
+    table, labels = table[labels >= 0], labels[labels >= 0]
+    written = table["path"].tolist()
+    ids = table["image_id"].tolist() if "image_id" in table else written
     paths = [str(root / p) for p in written]  # an absolute p replaces root
     if check_files:
         missing = [i for i, p in zip(ids, paths, strict=True) if not os.path.isfile(p)]
         _raise_if_missing(missing, csv_path, root)
     groups = table["group"].tolist() if "group" in table else ids
     groups = [g or i for g, i in zip(groups, ids, strict=True)]  # a blank group: its own
-    return ImageTable("csv", root, classes, _frame(ids, paths, labels, groups))
+    return ImageTable("csv", root, classes, _frame(ids, paths, labels.tolist(), groups))
 
 
 def _load_imagefolder(
-    root: Path, csv: str | Path | None, classes: Sequence[str] | None, check_files: bool
+    root: Path,
+    csv: str | Path | None,
+    classes: Sequence[str] | None,
+    check_files: bool,
+    issues: Issues | None,
 ) -> ImageTable:
     if csv is not None:
         raise DataError("the 'imagefolder' layout takes its labels from folder names, not a CSV")
@@ -203,12 +280,12 @@ def _load_imagefolder(
     ids, paths, labels = [], [], []
     for label, name in enumerate(classes):
         folder = root / name
-        if not folder.is_dir():
-            raise DataError(f"class folder not found: {folder}")
-        images = _walk_images(folder)
-        if not images:
+        images = _walk_images(folder) if folder.is_dir() else []
+        if not images and issues is None:  # a collector reports the class without images
             raise DataError(
                 f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                if folder.is_dir()
+                else f"class folder not found: {folder}"
             )
         ids += [p.relative_to(root).as_posix() for p in images]
         paths += [str(p) for p in images]
@@ -242,15 +319,29 @@ def _csv_path(root: Path, csv: str | Path | None, default: str) -> Path:
     return csv.resolve()
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Read a CSV as stripped strings (a UTF-8 BOM is allowed) and check its columns."""
+def _read_csv(
+    path: Path,
+    required: Sequence[str],
+    issues: Issues | None = None,
+    optional: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Read a CSV as stripped strings (a UTF-8 BOM is allowed) and check its columns.
+
+    With `issues`, rows with a blank required value are recorded and left out, and a BOM or
+    columns outside `required` and `optional` are noted.
+    """
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"cannot parse CSV file {path}: {err}") from err
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas took surplus fields for an index
+        raise DataError(f"cannot parse CSV file {path}: rows have more fields than the header")
     frame.columns = [str(c).strip() for c in frame.columns]
+    doubled = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if doubled:
+        raise DataError(f"CSV file {path} has duplicate column(s) {', '.join(doubled)}")
     if frame.empty:
         raise DataError(f"CSV file {path} lists no images")
     missing = [c for c in required if c not in frame.columns]
@@ -260,21 +351,48 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
             f"(it has: {', '.join(frame.columns)})"
         )
     frame = frame.apply(lambda column: column.str.strip())
-    for column in required:
-        blank = frame.index[frame[column] == ""]
-        if len(blank):
-            raise DataError(f"{path}, line {_line(blank[0])}: column {column!r} is empty")
-    return frame
+    if issues is not None:
+        _note_format(path, frame, [*required, *optional], issues)
+    blank = frame[list(required)].eq("")
+    rows = frame.index[blank.any(axis=1)]
+    if len(rows) and issues is None:
+        column = blank.columns[blank.loc[rows[0]]][0]
+        raise DataError(f"{path}, line {_line(rows[0])}: column {column!r} is empty")
+    if len(rows):
+        issues.error(
+            "blank_value",
+            f"{path.name}: rows with an empty {'/'.join(required)} value, left out",
+            [f"line {_line(r)}" for r in rows],
+        )
+    return frame.drop(index=rows)
 
 
-def _check_unique(ids: Sequence[str], path: Path, column: str) -> None:
-    duplicated = pd.Series(ids)
-    duplicated = duplicated[duplicated.duplicated()].unique().tolist()
-    if duplicated:
+def _note_format(path: Path, frame: pd.DataFrame, known: Sequence[str], issues: Issues) -> None:
+    """Note a UTF-8 BOM (read correctly) and columns the layout does not use."""
+    with path.open("rb") as handle:
+        if handle.read(len(_BOM)) == _BOM:
+            issues.note("csv_bom", f"{path.name} starts with a UTF-8 BOM (read correctly)")
+    unused = [c for c in frame.columns if c not in known]
+    if unused:
+        issues.note("unused_columns", f"{path.name}: column(s) not used, ignored", unused)
+
+
+def _unique_rows(
+    frame: pd.DataFrame, column: str, path: Path, issues: Issues | None
+) -> pd.DataFrame:
+    """`frame` without rows repeating an earlier `column` value (an error, or recorded)."""
+    repeated = frame[column].duplicated()
+    duplicated = frame[column][repeated].unique().tolist()
+    if duplicated and issues is None:
         raise DataError(
             f"{path}: duplicate {column} value(s): {', '.join(duplicated[:_SHOW])}"
             + (" ..." if len(duplicated) > _SHOW else "")
         )
+    if duplicated:
+        issues.error(
+            "duplicate_id", f"{path.name}: duplicate {column} values, first row kept", duplicated
+        )
+    return frame[~repeated]
 
 
 def _check_fixed_classes(name: str, fixed: tuple[str, ...], classes: Sequence[str] | None) -> None:
@@ -300,57 +418,91 @@ def _classes_from_labels(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def _lookup_labels(
-    values: Sequence[str],
+    values: pd.Series,
     classes: Sequence[str],
     path: Path,
     column: str,
+    issues: Issues | None,
     *,
     by_index: bool = False,
-) -> list[int]:
-    """Class positions of label values.
+) -> np.ndarray:
+    """Class positions of label values (-1 for a bad value recorded in `issues`).
 
     With `by_index`, an integer that is not a class name means a class position, unless some
     class name is itself an integer (then "0" could mean either, so only names count).
     """
     lookup = {name: i for i, name in enumerate(classes)}
     by_index = by_index and not any(_INT.fullmatch(c) for c in classes)
-    labels = []
-    for row, value in enumerate(values):
+
+    def label(value: str) -> int:
         if value in lookup:
-            labels.append(lookup[value])
-        elif by_index and _INT.fullmatch(value) and 0 <= int(value) < len(classes):
-            labels.append(int(value))
-        else:
-            raise DataError(
-                f"{path}, line {_line(row)}: {column} {value!r} is not one of the classes "
-                f"({', '.join(classes)})"
-            )
+            return lookup[value]
+        if by_index and _INT.fullmatch(value) and 0 <= int(value) < len(classes):
+            return int(value)
+        return -1
+
+    labels = values.map(label).to_numpy(dtype=np.int64)
+    _bad_labels(
+        values, labels, f"not one of the classes ({', '.join(classes)})", path, column, issues
+    )
     return labels
 
 
-def _integer_labels(values: Sequence[str], n_classes: int, path: Path, column: str) -> list[int]:
-    labels = []
-    for row, value in enumerate(values):
-        if not _INT.fullmatch(value) or not 0 <= int(value) < n_classes:
-            raise DataError(
-                f"{path}, line {_line(row)}: {column} {value!r} is not an integer in "
-                f"0..{n_classes - 1}"
-            )
-        labels.append(int(value))
+def _integer_labels(
+    values: pd.Series, n_classes: int, path: Path, column: str, issues: Issues | None
+) -> np.ndarray:
+    """Integer labels in 0..n_classes-1 (-1 for a bad value recorded in `issues`)."""
+
+    def label(value: str) -> int:
+        return int(value) if _INT.fullmatch(value) and 0 <= int(value) < n_classes else -1
+
+    labels = values.map(label).to_numpy(dtype=np.int64)
+    _bad_labels(values, labels, f"not an integer in 0..{n_classes - 1}", path, column, issues)
     return labels
+
+
+def _bad_labels(
+    values: pd.Series,
+    labels: np.ndarray,
+    expected: str,
+    path: Path,
+    column: str,
+    issues: Issues | None,
+) -> None:
+    """Raise for the first label that is -1, or record them all in `issues`."""
+    bad = values.index[labels < 0]
+    if len(bad) and issues is None:
+        raise DataError(f"{path}, line {_line(bad[0])}: {column} {values[bad[0]]!r} is {expected}")
+    if len(bad):
+        issues.error(
+            "unknown_label",
+            f"{path.name}: {column} values {expected}, rows left out",
+            [f"line {_line(r)}: {values[r]!r}" for r in bad],
+        )
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
     """Visible entries of a folder, sorted by name."""
-    with os.scandir(folder) as it:
-        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as err:
+        raise DataError(f"cannot list folder {folder}: {err.strerror or err}") from err
 
 
-def _iter_images(folder: Path, extensions: Sequence[str], recursive: bool) -> Iterator[Path]:
+def _iter_images(
+    folder: Path, extensions: Sequence[str], recursive: bool, seen: set[str] | None = None
+) -> Iterator[Path]:
+    """Image files in `folder` (and below); a folder reached again (a symlink loop) is skipped."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        return
+    seen.add(real)
     for entry in _entries(folder):
         if entry.is_dir():
             if recursive:
-                yield from _iter_images(Path(entry.path), extensions, recursive)
+                yield from _iter_images(Path(entry.path), extensions, recursive, seen)
         elif os.path.splitext(entry.name)[1].lower() in extensions:
             yield Path(entry.path)
 

@@ -3,19 +3,20 @@
 A checkpoint is a plain mapping of tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(weights_only=True)`: a file carrying a pickled payload is refused instead of run.
 Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed over
-the target, so a kill at any moment leaves the previous checkpoint intact.
+the target (`run_folder.atomic_file`), so a kill at any moment leaves the previous checkpoint
+intact; a failed write (disk full) raises RunFolderError naming the file and keeps it too.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from crckd.engine.run_folder import atomic_file
 from crckd.errors import CheckpointError
 
 FORMAT = "crckd-checkpoint"
@@ -24,20 +25,10 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomically write `state` (tagged with the format name and version) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    buffer = io.BytesIO()  # torch.save turns a failed file write (disk full) into a vague error
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, buffer)
+    with atomic_file(Path(path), "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -61,16 +52,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: written by a newer crckd (format {state['format_version']}); upgrade crckd"
         )
     return state
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,10 @@ from torch.utils.data import DataLoader
 
 from crckd.config import Config
 from crckd.data import (
+    DataReport,
     ImageDataset,
     ImageTable,
+    check_dataset,
     load_split,
     load_table,
     make_split,
@@ -25,13 +28,15 @@ from crckd.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A dataset with its split resolved into positions of `table.frame`."""
+    """A dataset with its split resolved into positions of `table.frame`, and the report of
+    the dataset check (None when `data.check` is off)."""
 
     table: ImageTable
     split: pd.Series
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    check: DataReport | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -44,14 +49,33 @@ class PreparedData:
         return self.table.frame["path"].to_numpy()[positions].tolist()
 
 
-def prepare_data(config: Config) -> PreparedData:
-    """Read the dataset and its split (given or made), refusing empty or leaking splits."""
+def prepare_data(config: Config, *, split_file: Path | None = None) -> PreparedData:
+    """Check the data (`data.check`), then read the dataset and its split (given or made),
+    refusing empty or leaking splits. Any error of the check raises one DataError listing all.
+
+    `split_file` (a resumed run's split.csv) takes precedence over `data.split_file`.
+    """
     data = config.data
     if data.root is None:
         raise ConfigError("data.root is not set: point it at the dataset folder")
+    split_file = split_file or data.split_file
+    report = None
+    if data.check:
+        report = check_dataset(
+            data.dataset,
+            data.root,
+            csv=data.csv,
+            classes=data.classes,
+            split_file=split_file,
+            progress=config.train.progress,
+        )
+        if not report.ok:
+            raise DataError(
+                f"the dataset check failed (data.check=false skips it)\n{report.format()}"
+            )
     table = load_table(data.dataset, data.root, csv=data.csv, classes=data.classes)
-    if data.split_file is not None:
-        split = load_split(data.split_file, table)
+    if split_file is not None:
+        split = load_split(split_file, table)
     else:
         split = make_split(
             table,
@@ -66,7 +90,7 @@ def prepare_data(config: Config) -> PreparedData:
     for name, positions in parts.items():
         if len(positions) == 0:
             raise DataError(f"the {name} split of {data.root} is empty")
-    return PreparedData(table, split, parts["train"], parts["val"], parts["test"])
+    return PreparedData(table, split, parts["train"], parts["val"], parts["test"], report)
 
 
 def class_weights(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:

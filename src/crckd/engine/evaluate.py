@@ -58,7 +58,7 @@ def predict_probs(
     was_training = model.training
     model.eval()
     probs, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         with precision.autocast():
             logits = model(precision.images(batch["image"])).logits
         probs.append(torch.softmax(logits.float(), dim=1).cpu())

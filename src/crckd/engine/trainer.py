@@ -81,7 +81,8 @@ class Trainer:
         if train_cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self.data = prepare_data(config)
+        resumed_split = self.run.split if resume and self.run.split.is_file() else None
+        self.data = prepare_data(config, split_file=resumed_split)
         spec = get_method(config.method.name)
         train_labels = self.data.labels(self.data.train)
         weights = (
@@ -239,7 +240,7 @@ class Trainer:
             loader,
             desc=f"{self.config.method.name} epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not cfg.progress,
+            disable=None if cfg.progress else True,  # None: off when not a terminal
         )
         for batch in _batches(bar):
             batch = self._to_device(batch)

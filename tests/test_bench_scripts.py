@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end with tiny settings on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_trainer import make_colour_ham
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "gpu_reproduce.py"),
+        "--data-root", str(root), "--epochs", "2", "--image-size", "32",
+        "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
+        "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads((out / "gpu_reproduce.json").read_text())
+    assert set(report["results"]) == {"ce", "crckd"}
+    for row in report["results"].values():
+        assert row["train_images_per_second"] > 0
+        assert 0 <= row["test"]["balanced_accuracy"] <= 1
+    config = (out / "crckd" / "config.yaml").read_text()
+    assert "begin_epoch: 0" in config  # 20/80 of 2 epochs, rounded
+
+
+@pytest.mark.slow
+def test_step_overhead_writes_json(tmp_path):
+    out = tmp_path / "step.json"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "step_overhead.py"),
+        "--image-size", "32", "--batch-size", "8", "--n-data", "200",
+        "--warmup", "1", "--repeats", "2", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads(out.read_text())
+    medians = report["median_step_seconds"]
+    assert report["ratio_crckd_over_ce"] == pytest.approx(medians["crckd"] / medians["ce"])
+    assert set(report["median_step_seconds"]) == {"ce", "mt", "crckd"}

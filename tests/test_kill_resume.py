@@ -1,0 +1,106 @@
+"""Crash safety: a training process killed with SIGKILL at random moments (one of them inside a
+checkpoint write) and resumed with `--resume` ends exactly where an uninterrupted run ends."""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from crckd.engine import load_checkpoint
+from test_trainer import make_colour_ham
+
+ARGS = [
+    "model.backbone=resnet18",
+    "data.image_size=32",
+    "train.batch_size=16",
+    "train.epochs=3",
+    "train.deterministic=true",
+    "train.progress=false",
+    "method.name=crckd",
+    "method.ccd.num_negatives=16",
+    "method.ccd.num_positives=2",
+    "method.consistency.begin_epoch=1",
+    "method.crp.begin_epoch=1",
+]
+
+
+def start(*args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "crckd", "train", *args]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def writing(run: Path) -> Callable[[], bool]:
+    """True while a checkpoint is being written (its temporary file exists)."""
+    return lambda: any((run / "checkpoints").glob(".*.tmp"))
+
+
+def training(run: Path, since: float) -> Callable[[], bool]:
+    """True once this process has begun writing a checkpoint, i.e. it is well into training."""
+    folder = run / "checkpoints"
+    return lambda: (
+        any(p.stat().st_mtime > since for p in folder.glob("*")) if folder.is_dir() else False
+    )
+
+
+def kill_when(process: subprocess.Popen, condition: Callable[[], bool], delay: float) -> bool:
+    """SIGKILL `process` `delay` seconds after `condition` holds; False if it ended first."""
+    while process.poll() is None and not condition():
+        time.sleep(0.002)
+    time.sleep(delay)
+    if process.poll() is not None:
+        return False
+    process.kill()
+    process.wait()
+    return True
+
+
+def assert_same_run(run: Path, reference: Path, note: str) -> None:
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(
+        (reference / "metrics.json").read_text()
+    ), note
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(reference / "checkpoints" / name)
+        b = load_checkpoint(run / "checkpoints" / name)
+        for part in ("student", "method") if name == "last.pt" else ("student",):
+            assert a[part].keys() == b[part].keys(), note
+            for key, value in a[part].items():
+                torch.testing.assert_close(b[part][key], value, rtol=0, atol=0, msg=f"{key} {note}")
+    history = pd.read_csv(run / "epochs.csv").drop(columns="train_seconds")
+    expected = pd.read_csv(reference / "epochs.csv").drop(columns="train_seconds")
+    pd.testing.assert_frame_equal(history, expected, obj=note)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=8)
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = start(f"data.root={root}", f"output_dir={reference}", *ARGS)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    kills: list[str] = []
+    for plan in ("writing", "training", "writing", "training"):
+        resume = (run / "config.yaml").exists()
+        since = time.time()
+        args = ["--resume", str(run)] if resume else [f"data.root={root}", f"output_dir={run}"]
+        process = start(*args, *ARGS)
+        if plan == "writing":
+            killed = kill_when(process, writing(run), 0.0)
+        else:
+            killed = kill_when(process, training(run, since), rng.uniform(0.0, 1.5))
+        if not killed:
+            break
+        kills.append(f"{plan}{' (resumed)' if resume else ''}")
+    note = f"seed {seed}, kills: {kills}"
+    finished = start("--resume", str(run), *ARGS)
+    assert finished.wait() == 0, finished.stderr.read() + note
+    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
+    assert len(kills) >= 3, note
+    assert not list(run.rglob("*.tmp")), note
+    assert_same_run(run, reference, note)
