@@ -37,7 +37,11 @@ class DataConfig(_Section):
     n_folds: int = Field(5, ge=2)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="loader processes; auto: up to 8 on CUDA, 0 on the CPU"
+    )
+    cache: bool = Field(False, description="decode and resize every image once, reuse it")
+    cache_dir: Path | None = Field(None, description="default $CRCKD_CACHE_DIR or ~/.cache/crckd")
     check: bool = Field(True, description="open every image once before training (check-data)")
 
 

@@ -159,7 +159,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """Images with integer labels (-1 when unlabelled), each item a dict.
 
     With `views=2` the item also holds "image2": a second, independent draw of `transform` on
-    the same image, for methods that compare two augmented views.
+    the same image, for methods that compare two augmented views. `images`, when given, is an
+    indexable source of already decoded images (the decoded cache) used instead of the files.
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class ImageDataset(torch.utils.data.Dataset):
         labels: Sequence[int] | None,
         transform: Callable[[Image.Image], torch.Tensor],
         views: int = 1,
+        images: Sequence[Image.Image] | None = None,
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -177,12 +179,13 @@ class ImageDataset(torch.utils.data.Dataset):
         self.labels = [-1] * len(self.paths) if labels is None else [int(y) for y in labels]
         self.transform = transform
         self.views = views
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        image = open_rgb(self.paths[index])
+        image = self.images[index] if self.images is not None else open_rgb(self.paths[index])
         item = {"image": self.transform(image), "label": self.labels[index], "index": index}
         if self.views == 2:
             item["image2"] = self.transform(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from crckd.data import (
     make_split,
     split_indices,
 )
+from crckd.data.cache import DecodedImages
 from crckd.errors import ConfigError, DataError
 
 
@@ -102,6 +104,14 @@ def class_weights(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor(len(labels) / counts, dtype=torch.float32)
 
 
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """`auto`: up to 8 loader processes on CUDA; none on the CPU, where they would compete
+    with the model for the same cores."""
+    if setting != "auto":
+        return int(setting)
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from one number."""
     random.seed(seed)
@@ -132,9 +142,15 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    images: DecodedImages | None = None,
 ) -> DataLoader:
-    """A loader whose shuffling and worker seeds follow `seed` exactly."""
-    dataset = ImageDataset(paths, None if labels is None else labels.tolist(), transform, views)
+    """A loader whose shuffling and worker seeds follow `seed` exactly.
+
+    Workers are made anew each epoch (not persistent) so that a resumed run replays the same
+    augmentations; `images` (the decoded cache) makes their start cheap.
+    """
+    label_list = None if labels is None else labels.tolist()
+    dataset = ImageDataset(paths, label_list, transform, views, images=images)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(

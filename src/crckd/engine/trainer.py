@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 
 from crckd.config import Config, config_to_dict
 from crckd.data import eval_transform, save_split, train_transform
+from crckd.data.cache import DecodedImages
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
     class_weights,
     epoch_seed,
     make_loader,
     prepare_data,
+    resolve_workers,
     seed_everything,
 )
 from crckd.engine.evaluate import load_student, predict_probs, resolve_device
@@ -112,6 +114,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
+        self.workers = resolve_workers(config.data.num_workers, self.device)
+        self.decoded = None
+        if config.data.cache:
+            paths = self.data.table.frame["path"].tolist()
+            self.decoded = DecodedImages.open(
+                paths, config.data.image_size, config.data.cache_dir, progress=train_cfg.progress
+            )
         self.loaders = self._make_eval_loaders()
         # BatchNorm cannot train on a batch of one image: drop such a last batch only.
         self.drop_last = len(self.data.train) % train_cfg.batch_size == 1
@@ -163,7 +172,9 @@ class Trainer:
                 transform,
                 batch_size=self.config.train.batch_size,
                 shuffle=False,
-                num_workers=self.config.data.num_workers,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                images=self._decoded(positions),
             )
             for name, positions in (("val", self.data.val), ("test", self.data.test))
         }
@@ -175,12 +186,16 @@ class Trainer:
             train_transform(self.config.data.image_size, self.normalization),
             batch_size=self.config.train.batch_size,
             shuffle=True,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.workers,
             views=self.method.views,
             seed=epoch_seed(self.config.train.seed, epoch),
             pin_memory=self.device.type == "cuda",
             drop_last=self.drop_last,
+            images=self._decoded(self.data.train),
         )
+
+    def _decoded(self, positions: np.ndarray) -> DecodedImages | None:
+        return None if self.decoded is None else self.decoded.subset(positions)
 
     def fit(self) -> RunResult:
         """Train all remaining epochs, then test the model selected on the validation split."""

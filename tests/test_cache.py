@@ -1,0 +1,66 @@
+"""The decoded-image cache: same pixels as decoding, reused, invalidated by changes."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_ham_layout, write_image
+from crckd.config import load_config
+from crckd.data import eval_transform, load_table, open_rgb
+from crckd.data.cache import DecodedImages
+from crckd.engine import train
+from test_trainer import FAST, make_colour_ham
+
+
+@pytest.fixture
+def paths(tmp_path):
+    root = make_ham_layout(tmp_path / "ham", n_per_class=2, size=(40, 30))
+    return load_table("ham10000", root).frame["path"].tolist()
+
+
+def test_cached_images_equal_decoded_and_resized_ones(paths, tmp_path):
+    cache = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    transform = eval_transform(24)
+    for i in (0, 5, len(paths) - 1):
+        torch.testing.assert_close(transform(cache[i]), transform(open_rgb(paths[i])))
+    assert cache.array.shape == (len(paths), 24, 24, 3)
+
+
+def test_cache_is_reused_and_rebuilt_when_a_source_or_the_size_changes(paths, tmp_path):
+    first = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    again = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    assert again.path == first.path
+    assert DecodedImages.open(paths, 16, tmp_path / "cache", progress=False).path != first.path
+    write_image(Path(paths[0]), size=(40, 30), seed=99)
+    os.utime(paths[0], ns=(1, 1))  # a different modification time, whatever the clock
+    changed = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    assert changed.path != first.path
+    assert not np.array_equal(changed.array[0], first.array[0])
+
+
+def test_subset_indexes_into_the_same_map(paths, tmp_path):
+    cache = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    sub = cache.subset([3, 1])
+    assert len(sub) == 2
+    assert np.array_equal(np.asarray(sub[0]), cache.array[3])
+
+
+@pytest.mark.slow
+def test_training_with_the_cache_equals_training_without(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
+    results = {}
+    for cache in (False, True):
+        overrides = [
+            f"data.root={root}",
+            f"output_dir={tmp_path / str(cache)}",
+            "train.epochs=1",
+            f"data.cache={str(cache).lower()}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *FAST,
+        ]
+        results[cache] = train(load_config(overrides=overrides)).metrics
+    assert results[True]["confusion_matrix"] == results[False]["confusion_matrix"]
+    assert results[True]["auc_macro"] == pytest.approx(results[False]["auc_macro"])
