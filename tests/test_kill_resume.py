@@ -43,10 +43,15 @@ def writing(run: Path) -> Callable[[], bool]:
 
 def training(run: Path, since: float) -> Callable[[], bool]:
     """True once this process has begun writing a checkpoint, i.e. it is well into training."""
-    folder = run / "checkpoints"
-    return lambda: (
-        any(p.stat().st_mtime > since for p in folder.glob("*")) if folder.is_dir() else False
-    )
+
+    def modified(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    checkpoints = [run / "checkpoints" / name for name in ("best.pt", "last.pt")]
+    return lambda: writing(run)() or any(modified(p) > since for p in checkpoints)
 
 
 def kill_when(process: subprocess.Popen, condition: Callable[[], bool], delay: float) -> bool:
@@ -93,7 +98,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         if plan == "writing":
             killed = kill_when(process, writing(run), 0.0)
         else:
-            killed = kill_when(process, training(run, since), rng.uniform(0.0, 1.5))
+            killed = kill_when(process, training(run, since), rng.uniform(0.0, 0.8))
         if not killed:
             break
         kills.append(f"{plan}{' (resumed)' if resume else ''}")

@@ -248,10 +248,17 @@ def test_resume_cleans_temporary_files_and_restarts_a_run_without_checkpoint(tmp
         RunFolder(tmp_path / "empty").prepare(resume=True, overwrite=False)
 
 
-def test_resume_refuses_a_changed_model_or_dataset(data_root, tmp_path, capsys):
+def test_resume_repairs_lost_logs_and_refuses_a_changed_model_or_dataset(
+    data_root, tmp_path, capsys
+):
     root = shutil.copytree(data_root, tmp_path / "ham")
     out = tmp_path / "run"
     assert main(["train", *tiny_args(root, out)]) == 0
+    logs = {name: (out / name).read_text() for name in ("epochs.csv", "metrics.json")}
+    for name in logs:  # as if killed after the last checkpoint, before these were written
+        (out / name).unlink()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert {name: (out / name).read_text() for name in logs} == logs
     code = main(["train", "--resume", str(out), "model.feat_dim=16"])
     assert code == EXIT_USER_ERROR
     assert "does not fit the configured method and model" in capsys.readouterr().err

@@ -144,15 +144,15 @@ def open_rgb(path: str | Path | IO[bytes], max_pixels: int | None = None) -> Ima
     try:
         with Image.open(path) as image:
             refused = pixel_limit_error(image, limit)
-            if refused:
-                raise DataError(
-                    f"image {path} refused: {refused} (a possible decompression bomb; "
-                    f"set {PIXEL_LIMIT_ENV} to allow it)"
-                )
-            image.load()
-            return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+            if not refused:
+                image.load()
+                return to_rgb(image)
+    except Exception as err:  # a corrupt file can raise nearly anything inside a PIL plugin
+        raise DataError(f"cannot read image {path}: {err or type(err).__name__}") from err
+    raise DataError(
+        f"image {path} refused: {refused} (a possible decompression bomb; "
+        f"set {PIXEL_LIMIT_ENV} to allow it)"
+    )
 
 
 class ImageDataset(torch.utils.data.Dataset):

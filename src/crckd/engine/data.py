@@ -73,7 +73,7 @@ def prepare_data(config: Config, *, split_file: Path | None = None) -> PreparedD
         )
         if not report.ok:
             raise DataError(
-                f"the dataset check failed (data.check=false skips it)\n{report.format()}"
+                f"the dataset check found errors; nothing was written\n{report.format()}"
             )
     table = load_table(data.dataset, data.root, csv=data.csv, classes=data.classes)
     if split_file is not None:

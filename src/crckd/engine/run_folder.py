@@ -81,7 +81,7 @@ class RunFolder:
             )
         if resume and not self.holds_run():
             raise RunFolderError(f"nothing to resume: {self.root} holds no run (no config.yaml)")
-        with write_guard(self.root):
+        with write_guard(self.root, replacing=False):
             if overwrite and not resume:
                 self._delete(self._run_files())
             self._delete(self._temporary_files())
@@ -130,15 +130,15 @@ _WRITE_ERRORS = {
 
 
 @contextmanager
-def write_guard(path: Path) -> Iterator[None]:
-    """Turn an OSError while writing `path` into a RunFolderError saying which file and why."""
+def write_guard(path: Path, *, replacing: bool = True) -> Iterator[None]:
+    """Turn an OSError while writing `path` into a RunFolderError saying which file and why
+    (and, when `replacing` a file, that its previous version is kept)."""
     try:
         yield
     except OSError as exc:
         reason = _WRITE_ERRORS.get(exc.errno, exc.strerror or str(exc))
-        raise RunFolderError(
-            f"cannot write {path}: {reason} ({exc}); its previous version, if any, is unchanged"
-        ) from exc
+        kept = "; its previous version, if any, is unchanged" if replacing else ""
+        raise RunFolderError(f"cannot write {path}: {reason} ({exc}){kept}") from exc
 
 
 @contextmanager
