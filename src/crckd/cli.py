@@ -7,6 +7,7 @@ before any training starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +39,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raw = deep_merge(raw, parse_override(text))
     config = build_config(raw, source=args.resume or args.config or "overrides")
     result = train(config, resume=bool(args.resume), overwrite=args.overwrite)
-    print(format_metrics_table(result.metrics))
-    print(f"run folder: {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(format_metrics_table(result.metrics))
+        print(f"run folder: {result.run_dir}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:

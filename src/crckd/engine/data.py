@@ -25,6 +25,7 @@ from crckd.data import (
     split_indices,
 )
 from crckd.data.cache import DecodedImages
+from crckd.data.samplers import GlobalBatchSampler
 from crckd.errors import ConfigError, DataError
 
 
@@ -141,25 +142,26 @@ def make_loader(
     views: int = 1,
     seed: int = 0,
     pin_memory: bool = False,
-    drop_last: bool = False,
     images: DecodedImages | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A loader whose shuffling and worker seeds follow `seed` exactly.
+    """A loader whose batches and augmentations follow `seed` exactly.
 
-    Workers are made anew each epoch (not persistent) so that a resumed run replays the same
-    augmentations; `images` (the decoded cache) makes their start cheap.
+    Shuffled (training) loaders draw global batches of `batch_size` and give this rank its
+    share (`GlobalBatchSampler`), and draw each image's augmentation from (seed, index), so the
+    batches and augmentations are the same whatever the number of ranks and workers. Workers are
+    made anew each epoch (not persistent) so that a resumed run replays the same augmentations;
+    `images` (the decoded cache) makes their start cheap.
     """
     label_list = None if labels is None else labels.tolist()
-    dataset = ImageDataset(paths, label_list, transform, views, images=images)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        worker_init_fn=_seed_worker,
-        generator=generator,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
+    dataset = ImageDataset(
+        paths, label_list, transform, views, images=images, seed=seed if shuffle else None
     )
+    common = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "pin_memory": pin_memory}
+    if shuffle:
+        sampler = GlobalBatchSampler(
+            len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size
+        )
+        return DataLoader(dataset, batch_sampler=sampler, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)

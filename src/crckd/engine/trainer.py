@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from crckd.config import Config, config_to_dict
 from crckd.data import eval_transform, save_split, train_transform
 from crckd.data.cache import DecodedImages
+from crckd.data.samplers import GlobalBatchSampler
+from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
     class_weights,
@@ -28,7 +30,14 @@ from crckd.engine.data import (
     resolve_workers,
     seed_everything,
 )
-from crckd.engine.evaluate import load_student, predict_probs, resolve_device
+from crckd.engine.distributed import (
+    average_batchnorm_buffers,
+    init_distributed,
+    plain_state_dict,
+    shutdown_distributed,
+    wrap_trainable,
+)
+from crckd.engine.evaluate import load_student, predict_probs
 from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_class_table
 from crckd.engine.precision import resolve_precision
 from crckd.engine.run_folder import RunFolder, write_guard
@@ -59,7 +68,10 @@ def default_run_dir(config: Config) -> Path:
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train and evaluate one run as the config says; see `Trainer`."""
-    return Trainer(config, resume=resume, overwrite=overwrite).fit()
+    try:
+        return Trainer(config, resume=resume, overwrite=overwrite).fit()
+    finally:
+        shutdown_distributed()
 
 
 class Trainer:
@@ -78,7 +90,12 @@ class Trainer:
             raise ConfigError(
                 f"train.select_metric {train_cfg.select_metric!r} is not one of {SCALAR_METRICS}"
             )
-        self.device = resolve_device(train_cfg.device)
+        self.dist, self.device = init_distributed(train_cfg.device)
+        if train_cfg.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"train.batch_size {train_cfg.batch_size} (the global batch) is not divisible by "
+                f"the {self.dist.world_size} processes"
+            )
         seed_everything(train_cfg.seed)
         if train_cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -117,21 +134,33 @@ class Trainer:
         self.workers = resolve_workers(config.data.num_workers, self.device)
         self.decoded = None
         if config.data.cache:
-            paths = self.data.table.frame["path"].tolist()
-            self.decoded = DecodedImages.open(
-                paths, config.data.image_size, config.data.cache_dir, progress=train_cfg.progress
-            )
+            self.decoded = self._open_cache()
         self.loaders = self._make_eval_loaders()
-        # BatchNorm cannot train on a batch of one image: drop such a last batch only.
-        self.drop_last = len(self.data.train) % train_cfg.batch_size == 1
-        self.steps_per_epoch = len(self.data.train) // train_cfg.batch_size + int(
-            len(self.data.train) % train_cfg.batch_size > 1
+        self.steps_per_epoch = len(
+            GlobalBatchSampler(
+                len(self.data.train), train_cfg.batch_size, seed=0, world_size=self.dist.world_size
+            )
         )
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
         self.scheduler = self._make_scheduler()
-        self.run.prepare(resume=resume, overwrite=overwrite)
+        if self.dist.is_main:
+            self.run.prepare(resume=resume, overwrite=overwrite)
+        self.dist.barrier()
+
+    def _open_cache(self) -> DecodedImages:
+        """The decoded cache, built by the main process while the others wait."""
+        paths = self.data.table.frame["path"].tolist()
+        data = self.config.data
+
+        def open_cache() -> DecodedImages:
+            progress = self.config.train.progress and self.dist.is_main
+            return DecodedImages.open(paths, data.image_size, data.cache_dir, progress=progress)
+
+        decoded = open_cache() if self.dist.is_main else None
+        self.dist.barrier()
+        return decoded or open_cache()
 
     def _frozen_teacher(self) -> torch.nn.Module | None:
         """The trained teacher of `method.teacher.mode=frozen`, checked against the data."""
@@ -176,7 +205,8 @@ class Trainer:
                 pin_memory=self.device.type == "cuda",
                 images=self._decoded(positions),
             )
-            for name, positions in (("val", self.data.val), ("test", self.data.test))
+            for name, all_positions in (("val", self.data.val), ("test", self.data.test))
+            for positions in [all_positions[self.dist.rank :: self.dist.world_size]]
         }
 
     def _train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
@@ -190,8 +220,9 @@ class Trainer:
             views=self.method.views,
             seed=epoch_seed(self.config.train.seed, epoch),
             pin_memory=self.device.type == "cuda",
-            drop_last=self.drop_last,
             images=self._decoded(self.data.train),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
 
     def _decoded(self, positions: np.ndarray) -> DecodedImages | None:
@@ -200,8 +231,10 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train all remaining epochs, then test the model selected on the validation split."""
         state = self._start_state()
+        if self.dist.enabled:
+            wrap_trainable(self.method, self.device)
         train_cfg = self.config.train
-        writer = SummaryWriter(self.run.tensorboard)
+        writer = SummaryWriter(self.run.tensorboard) if self.dist.is_main else None
         try:
             for epoch in range(state["epoch"], train_cfg.epochs):
                 try:
@@ -213,29 +246,35 @@ class Trainer:
                     ) from None
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
-                self._log_epoch(writer, record)
                 improved = record[f"val_{train_cfg.select_metric}"] > state["best_score"]
                 if improved:
                     state["best_score"] = record[f"val_{train_cfg.select_metric}"]
                     state["best_epoch"] = epoch
-                    save_checkpoint(self._best_state(epoch), self.run.best_checkpoint)
-                save_checkpoint(self._full_state(state), self.run.last_checkpoint)
-                self.run.write_epochs(state["history"])
+                if self.dist.is_main:  # only rank 0 writes files
+                    self._log_epoch(writer, record)
+                    if improved:
+                        save_checkpoint(self._best_state(epoch), self.run.best_checkpoint)
+                    save_checkpoint(self._full_state(state), self.run.last_checkpoint)
+                    self.run.write_epochs(state["history"])
+                self.dist.barrier()
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return self._finish(state)
 
     def _start_state(self) -> dict[str, Any]:
         """The progress to start from; a resumed run that never saved a checkpoint restarts."""
-        if self.data.check is not None:
-            self.run.write_data_check(self.data.check.to_dict())
         if self.resume and self.run.last_checkpoint.exists():
             state = self._restore(load_checkpoint(self.run.last_checkpoint))
-            self.run.write_epochs(state["history"])  # a kill may have cut the last row
+            if self.dist.is_main:
+                self.run.write_epochs(state["history"])  # a kill may have cut the last row
             return state
-        self.run.write_config(config_to_dict(self.config))
-        with write_guard(self.run.split):
-            save_split(self.data.split, self.run.split)
+        if self.dist.is_main:
+            if self.data.check is not None:
+                self.run.write_data_check(self.data.check.to_dict())
+            self.run.write_config(config_to_dict(self.config))
+            with write_guard(self.run.split):
+                save_split(self.data.split, self.run.split)
         return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +315,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{total.item():.3f}")
         batches = max(len(loader), 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{name}": float(value) / batches for name, value in sums.items()})
+        record.update(
+            {f"train_{name}": float(all_reduce_mean(torch.as_tensor(value))) / batches
+             for name, value in sums.items()}
+        )  # fmt: skip
+        if self.dist.enabled:  # student and teacher BatchNorm statistics, before evaluation
+            average_batchnorm_buffers(self.method)
         record.update({f"weight_{name}": value for name, value in weights.items()})
         record["train_seconds"] = time.perf_counter() - started
         record.update(self._evaluate_split("val", prefix="val_"))
@@ -313,15 +357,24 @@ class Trainer:
     def _metrics(self, name: str) -> dict[str, Any]:
         try:
             probs, labels = predict_probs(
-                self.method.student,
+                self.student,
                 self.loaders[name],
                 self.device,
                 desc=f"eval {name}",
-                progress=self.config.train.progress,
+                progress=self.config.train.progress and self.dist.is_main,
+                precision=self.precision,
             )
         except DataError as err:
             raise DataError(f"evaluating the {name} split: {_image_error(err)}") from None
+        if self.dist.enabled:  # metrics of the whole split, from every rank's share
+            probs = all_gather_uneven(torch.as_tensor(probs, device=self.device)).cpu().numpy()
+            labels = all_gather_uneven(torch.as_tensor(labels, device=self.device)).cpu().numpy()
         return classification_metrics(labels, probs, self.data.classes, self.kappa)
+
+    @property
+    def student(self) -> torch.nn.Module:
+        """The student without its DDP wrapper."""
+        return unwrap(self.method.student)
 
     def _log_epoch(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
         epoch = record["epoch"]
@@ -342,7 +395,7 @@ class Trainer:
             "config": config_to_dict(self.config),
             "classes": list(self.data.classes),
             "epoch": epoch,
-            "student": self.method.student.state_dict(),
+            "student": self.student.state_dict(),
         }
 
     def _full_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -351,8 +404,8 @@ class Trainer:
             "config": config_to_dict(self.config),
             "classes": list(self.data.classes),
             "epoch": state["epoch"] - 1,
-            "student": self.method.student.state_dict(),
-            "method": self.method.state_dict(),
+            "student": self.student.state_dict(),
+            "method": plain_state_dict(self.method),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -377,7 +430,7 @@ class Trainer:
 
     def _finish(self, state: dict[str, Any]) -> RunResult:
         best = load_checkpoint(self.run.best_checkpoint)
-        self.method.student.load_state_dict(best["student"])
+        self.student.load_state_dict(best["student"])
         metrics = self._metrics("test")
         cfg = self.config.train
         last = [r for r in state["history"] if f"test_{cfg.select_metric}" in r][
@@ -392,8 +445,9 @@ class Trainer:
                 "last_epochs": len(last),
             }
         )
-        self.run.write_metrics(metrics)
-        self.run.write_per_class(per_class_table(metrics))
+        if self.dist.is_main:
+            self.run.write_metrics(metrics)
+            self.run.write_per_class(per_class_table(metrics))
         return RunResult(self.run.root, metrics)
 
 

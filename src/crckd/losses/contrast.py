@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crckd.dist import all_gather_cat, all_reduce_mean
 from crckd.losses.crckd import nce_loss
 
 _Z_UNSET = -1.0
@@ -60,8 +61,8 @@ class ContrastMemory(nn.Module):
 
     def _normaliser(self, z: Tensor, exp_scores: Tensor) -> Tensor:
         """Return Z, setting it in place from ``exp_scores`` if it is still unset."""
-        if z.item() < 0:
-            z.copy_(exp_scores.detach().mean() * self.n_data)
+        if z.item() < 0:  # the mean over the global batch, the same on every rank
+            z.copy_(all_reduce_mean(exp_scores.detach().mean()) * self.n_data)
         return z
 
     @torch.no_grad()
@@ -70,8 +71,10 @@ class ContrastMemory(nn.Module):
 
         ``index`` holds the batch's training-set positions; other rows are left untouched.
         """
-        _momentum_update(self.memory_s, student_emb, index, self.momentum)
-        _momentum_update(self.memory_t, teacher_emb, index, self.momentum)
+        # Under DDP every rank applies the whole global batch, so the banks stay identical.
+        index = all_gather_cat(index)
+        _momentum_update(self.memory_s, all_gather_cat(student_emb), index, self.momentum)
+        _momentum_update(self.memory_t, all_gather_cat(teacher_emb), index, self.momentum)
 
 
 def _exp_scores(anchor: Tensor, bank: Tensor, idx: Tensor, temperature: float) -> Tensor:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from crckd.config import MethodConfig, deep_merge
 from crckd.data import ContrastSampler
+from crckd.dist import all_gather_cat, rank
 from crckd.errors import ConfigError
 from crckd.losses import ContrastMemory, ProjectionHead, ccd_loss, class_centroids, crp_loss
 from crckd.methods.base import MethodContext
@@ -104,7 +105,7 @@ class CRCKD(MeanTeacher):
         emb_t = self.embed_teacher(teacher.features)
         index = batch["index"]
         if weights["ccd"] > 0:
-            contrast = self.sampler.sample(index.cpu(), generator=self.generator).to(index.device)
+            contrast = self.contrast_indices(index)
             h_s, h_t = self.memory.scores(emb_s, emb_t, contrast)
             ccd_s, ccd_t = ccd_loss(h_s, h_t, self.sampler.num_positives, self.memory.n_data)
             terms["ccd"] = ccd_s + ccd_t
@@ -112,6 +113,14 @@ class CRCKD(MeanTeacher):
         if weights["crp"] > 0:
             terms["crp"] = self.relation_loss(emb_s, emb_t)
         return terms
+
+    def contrast_indices(self, index: Tensor) -> Tensor:
+        """Contrast sets of this batch's anchors, drawn for the global batch (all ranks draw
+        the same sets with the same generator) and cut to this rank's rows."""
+        global_index = all_gather_cat(index)
+        drawn = self.sampler.sample(global_index.cpu(), generator=self.generator)
+        start = rank() * len(index)
+        return drawn[start : start + len(index)].to(index.device)
 
     def relation_loss(self, emb_s: Tensor, emb_t: Tensor) -> Tensor:
         """CRP against class centroids of the banks, after this batch's update (§b CRP)."""

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from crckd.config import MethodConfig
 from crckd.data import rotate_flip_batch
+from crckd.dist import unwrap
 from crckd.errors import ConfigError
 from crckd.losses import kd_loss
 from crckd.methods.base import Method, MethodContext
@@ -103,4 +104,5 @@ class TeacherMethod(Method):
     def after_step(self, step: int) -> None:
         if not self.frozen:
             ema = self.config.ema
-            ema_update(self.teacher, self.student, step, ema.decay, ema.include_buffers)
+            student = unwrap(self.student)  # under DDP the student is wrapped
+            ema_update(self.teacher, student, step, ema.decay, ema.include_buffers)

@@ -1,0 +1,43 @@
+"""Batch sampling that gives the same global batches in one process or across many."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of `batch_size` (the global batch), each cut into contiguous per-rank
+    chunks, so that N processes see exactly the batches one process would.
+
+    The permutation depends only on `seed` (one per epoch). A last batch that cannot give every
+    rank at least two images (BatchNorm cannot train on one) or that does not divide evenly
+    between the ranks is dropped; in one process only a last batch of a single image is.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+
+    def _global_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        last = len(batches[-1]) if batches else 0
+        if batches and (last % self.world_size or last // self.world_size < 2):
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share : (self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        return len(self._global_batches())

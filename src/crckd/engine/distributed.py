@@ -1,0 +1,105 @@
+"""DDP under torchrun: process-group set-up, wrapping, and keeping ranks in step.
+
+Launch with `torchrun --nproc_per_node=N -m crckd train ...`. Only the method's trainable
+modules (the student and its heads) are wrapped in DistributedDataParallel; the teacher never
+is, and memory banks stay plain buffers that every rank updates with the gathered batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from crckd.dist import all_reduce_mean, unwrap
+from crckd.engine.evaluate import resolve_device
+from crckd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job described by the environment, if any, and pick this rank's device.
+
+    NCCL on CUDA (one GPU per local rank), gloo on the CPU, where each process also gets its
+    share of the cores so that ranks do not oversubscribe them.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), resolve_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()})")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, local_rank), device
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_trainable(method: nn.Module, device: torch.device) -> list[str]:
+    """Wrap each trainable child of `method` (never the teacher) in DDP, in place."""
+    wrapped = []
+    for name, child in list(method.named_children()):
+        if name == "teacher" or not any(p.requires_grad for p in child.parameters()):
+            continue
+        device_ids = [device.index] if device.type == "cuda" else None
+        # Some heads get no gradient in some epochs (e.g. CCD's teacher head while CCD is off).
+        setattr(
+            method, name, DistributedDataParallel(child, device_ids, find_unused_parameters=True)
+        )
+        wrapped.append(name)
+    return wrapped
+
+
+def plain_state_dict(method: nn.Module) -> dict[str, torch.Tensor]:
+    """`method.state_dict()` with the keys it has without DDP wrappers."""
+    state = {}
+    for name, child in method.named_children():
+        for key, value in unwrap(child).state_dict().items():
+            state[f"{name}.{key}"] = value
+    own = {k: v for k, v in method.state_dict().items() if "." not in k}
+    return {**own, **state}
+
+
+@torch.no_grad()
+def average_batchnorm_buffers(module: nn.Module) -> None:
+    """Average BatchNorm running statistics over ranks, so evaluation sees the same model."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
+            layer.running_mean.copy_(all_reduce_mean(layer.running_mean))
+            layer.running_var.copy_(all_reduce_mean(layer.running_var))

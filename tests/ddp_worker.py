@@ -1,0 +1,28 @@
+"""One rank of the distributed test (tests/test_distributed.py): train, then dump the state.
+
+Run as `python ddp_worker.py OUT_FILE OVERRIDE...` with torchrun's environment variables set.
+"""
+
+import sys
+
+import torch
+
+from crckd.config import load_config
+from crckd.dist import world_size
+from crckd.engine import Trainer
+from crckd.engine.distributed import plain_state_dict
+
+if __name__ == "__main__":
+    out, overrides = sys.argv[1], sys.argv[2:]
+    trainer = Trainer(load_config(overrides=overrides))
+    result = trainer.fit()
+    first_batch = next(iter(trainer._train_loader(0).batch_sampler))
+    torch.save(
+        {
+            "method": plain_state_dict(trainer.method),
+            "metrics": result.metrics,
+            "world_size": world_size(),
+            "first_batch": first_batch,
+        },
+        out,
+    )

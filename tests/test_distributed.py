@@ -1,0 +1,88 @@
+"""DDP with the gloo backend on the CPU: two processes against one on the same global batch."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from test_trainer import make_colour_ham
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+# A BatchNorm-free backbone (LayerNorm), unweighted CE and no teacher rotation: then a 2-rank
+# step is mathematically the single-process step on the same global batch (per-rank BatchNorm
+# statistics and per-rank CE weight normalisation are the documented differences otherwise).
+OVERRIDES = [
+    "model.backbone=convnext_atto",
+    "data.image_size=32",
+    "train.batch_size=16",
+    "train.epochs=2",
+    "train.class_weights=false",
+    "train.progress=false",
+    "method.name=crckd",
+    "method.teacher_perturb=false",
+    "method.ccd.num_negatives=32",
+    "method.ccd.num_positives=4",
+    "method.consistency.begin_epoch=0",
+    "method.crp.begin_epoch=0",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
+    """Run the worker as `world_size` ranks (as torchrun would) and load each rank's dump."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        dump = out / f"rank{rank}.pt"
+        command = [sys.executable, str(WORKER), str(dump), *overrides]
+        procs.append((subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True), dump))
+    for proc, _ in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    return [torch.load(dump, weights_only=True) for _, dump in procs]
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_and_keep_identical_banks(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single_dir.mkdir()
+    ddp_dir.mkdir()
+    common = [f"data.root={root}", *OVERRIDES]
+    (single,) = launch(1, single_dir, [*common, f"output_dir={single_dir / 'run'}"])
+    rank0, rank1 = launch(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+
+    assert (single["world_size"], rank0["world_size"], rank1["world_size"]) == (1, 2, 2)
+    # Each rank trains on its contiguous half of the single process's global batch.
+    assert rank0["first_batch"] + rank1["first_batch"] == single["first_batch"]
+    assert len(rank0["first_batch"]) == 8
+    for key in ("memory.memory_s", "memory.memory_t", "memory.z_s", "memory.z_t"):
+        torch.testing.assert_close(rank0["method"][key], rank1["method"][key], rtol=0, atol=0)
+    for key, value in single["method"].items():
+        torch.testing.assert_close(rank0["method"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    losses = [c for c in pd.read_csv(single_dir / "run" / "epochs.csv") if c.startswith("train_")]
+    single_log = pd.read_csv(single_dir / "run" / "epochs.csv")
+    ddp_log = pd.read_csv(ddp_dir / "run" / "epochs.csv")
+    for column in (c for c in losses if c != "train_seconds"):
+        assert ddp_log[column].tolist() == pytest.approx(single_log[column].tolist(), rel=1e-4)
+    assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
+    assert not (ddp_dir / "run" / "rank1").exists()
