@@ -11,7 +11,6 @@ of the same config on random tensors to get the rate the model consumes images a
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import tempfile
@@ -29,7 +28,7 @@ from step_overhead import StepRunner
 
 
 def loader_rate(config, images: DecodedImages | None, batches: int) -> float:
-    """Images/s over `batches` batches of the training loader (after its first batch)."""
+    """Images/s of the training loader over at least `batches` batches (whole passes)."""
     table = load_table(config.data.dataset, config.data.root)
     paths = table.frame["path"].tolist()
     norm = input_normalization(config.model.backbone, config.model.pretrained)
@@ -44,12 +43,12 @@ def loader_rate(config, images: DecodedImages | None, batches: int) -> float:
         views=2,
         images=images,
     )
-    stream = itertools.cycle(loader) if len(loader) < batches + 1 else iter(loader)
-    next(stream)
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * config.train.batch_size / (time.perf_counter() - started)
+    next(iter(loader))  # warm-up: first batch
+    started, images_seen = time.perf_counter(), 0
+    while images_seen < batches * config.train.batch_size:
+        for batch in loader:  # a fresh pass each time: every image decoded and augmented
+            images_seen += len(batch["index"])
+    return images_seen / (time.perf_counter() - started)
 
 
 def main() -> None:
