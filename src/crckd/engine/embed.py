@@ -17,16 +17,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.manifold import TSNE
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from crckd.engine.checkpoint import load_checkpoint
-from crckd.engine.evaluate import load_student, resolve_device
+from crckd.engine.evaluate import load_student, resolve_device, run_model
 from crckd.engine.report import run_test_loader
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError
@@ -88,24 +85,6 @@ def feature_statistics(
 
 
 # --- models and features -------------------------------------------------------------------
-
-
-@torch.no_grad()
-def extract_features(
-    model: Classifier,
-    loader: DataLoader,
-    device: torch.device,
-    *,
-    desc: str = "features",
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bottleneck features [N, feat_dim] and labels [N] of `model` in eval mode."""
-    model.eval()
-    features, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        features.append(model(batch["image"].to(device)).features.float().cpu())
-        labels.append(batch["label"])
-    return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
 def load_teacher(checkpoint: str | Path, student: Classifier) -> Classifier | None:
@@ -189,9 +168,10 @@ def embed_run(
     panels = []
     for name, model in (("student", student.model), ("teacher", teacher)):
         if model is not None:
-            features, labels = extract_features(
+            outputs = run_model(
                 model, loader, torch_device, desc=f"{name} features", progress=progress
             )
+            features, labels = outputs.features, outputs.labels
             result[name] = feature_statistics(features, labels, student.classes)
             panels.append((name, tsne_2d(features, seed)))
     result["num_samples"] = len(labels)

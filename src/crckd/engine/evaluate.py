@@ -43,7 +43,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What a model gives on a whole loader, in loader order."""
+
+    features: np.ndarray  # [N, feat_dim] bottleneck features
+    probs: np.ndarray  # [N, C] softmax probabilities
+    labels: np.ndarray  # [N] labels (-1 when unlabelled)
+
+
 @torch.no_grad()
+def run_model(
+    model: Classifier,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    desc: str = "predict",
+    progress: bool = True,
+    precision: Precision | None = None,
+) -> Outputs:
+    """Features, probabilities and labels of `model` in eval mode over `loader`."""
+    precision = precision or Precision(device)
+    was_training = model.training
+    model.eval()
+    features, probs, labels = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
+        with precision.autocast():
+            output = model(precision.images(batch["image"]))
+        features.append(output.features.float().cpu())
+        probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
+        labels.append(batch["label"])
+    model.train(was_training)
+    return Outputs(*(torch.cat(parts).numpy() for parts in (features, probs, labels)))
+
+
 def predict_probs(
     model: Classifier,
     loader: DataLoader,
@@ -54,17 +87,23 @@ def predict_probs(
     precision: Precision | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities [N, C] and labels [N] of the student in eval mode."""
-    precision = precision or Precision(device)
-    was_training = model.training
-    model.eval()
-    probs, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
-        with precision.autocast():
-            logits = model(precision.images(batch["image"])).logits
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch["label"])
-    model.train(was_training)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    outputs = run_model(model, loader, device, desc=desc, progress=progress, precision=precision)
+    return outputs.probs, outputs.labels
+
+
+def table_loader(
+    table: ImageTable, positions: np.ndarray, student: LoadedStudent, batch_size: int
+) -> DataLoader:
+    """An evaluation loader over `positions` of `table`, transformed as `student` expects."""
+    frame = table.frame.iloc[positions]
+    return make_loader(
+        frame["path"].tolist(),
+        frame["label"].to_numpy(),
+        eval_transform(student.image_size, student.normalization),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -127,15 +166,7 @@ def evaluate_checkpoint(
             f"{list(student.classes)}"
         )
     positions = _positions(table, split, split_file, Path(checkpoint))
-    frame = table.frame.iloc[positions]
-    loader = make_loader(
-        frame["path"].tolist(),
-        frame["label"].to_numpy(),
-        eval_transform(student.image_size, student.normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-    )
+    loader = table_loader(table, positions, student, batch_size)
     probs, labels = predict_probs(
         student.model, loader, torch_device, desc="eval", progress=progress
     )

@@ -26,9 +26,14 @@ from sklearn.metrics import auc, roc_curve
 from torch.utils.data import DataLoader
 
 from crckd import __version__
-from crckd.data import eval_transform, load_split, load_table, split_indices
-from crckd.engine.data import make_loader
-from crckd.engine.evaluate import LoadedStudent, load_student, predict_probs, resolve_device
+from crckd.data import load_split, load_table, split_indices
+from crckd.engine.evaluate import (
+    LoadedStudent,
+    load_student,
+    predict_probs,
+    resolve_device,
+    table_loader,
+)
 from crckd.engine.metrics import SCALAR_METRICS, per_class_table
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError, RunFolderError
@@ -118,15 +123,8 @@ def run_test_loader(
     table = load_table(data["dataset"], root, csv=data.get("csv"), classes=student.classes)
     if not run.split.exists():
         raise DataError(f"{run.split} does not exist: not a complete run folder")
-    frame = table.frame.iloc[split_indices(load_split(run.split, table), table, "test")]
-    return make_loader(
-        frame["path"].tolist(),
-        frame["label"].to_numpy(),
-        eval_transform(student.image_size, student.normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-    )
+    positions = split_indices(load_split(run.split, table), table, "test")
+    return table_loader(table, positions, student, batch_size)
 
 
 def load_run(
