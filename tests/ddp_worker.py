@@ -16,7 +16,7 @@ if __name__ == "__main__":
     out, overrides = sys.argv[1], sys.argv[2:]
     trainer = Trainer(load_config(overrides=overrides))
     result = trainer.fit()
-    first_batch = next(iter(trainer._train_loader(0).batch_sampler))
+    first_batch = next(iter(trainer.train_loader(0).batch_sampler))
     torch.save(
         {
             "method": plain_state_dict(trainer.method),

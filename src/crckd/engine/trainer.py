@@ -209,7 +209,9 @@ class Trainer:
             for positions in [all_positions[self.dist.rank :: self.dist.world_size]]
         }
 
-    def _train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """This rank's training batches of `epoch` (their order and augmentations follow the
+        run seed and the epoch only)."""
         return make_loader(
             self.data.paths(self.data.train),
             self.data.labels(self.data.train),
@@ -289,7 +291,7 @@ class Trainer:
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
         started = time.perf_counter()
         self.method.train()
-        loader = self._train_loader(epoch)
+        loader = self.train_loader(epoch)
         bar = tqdm(
             loader,
             desc=f"{self.config.method.name} epoch {epoch + 1}/{cfg.epochs}",
