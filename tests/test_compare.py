@@ -51,5 +51,7 @@ def test_compare_runs_the_grid_once_and_writes_tables(tmp_path, capsys):
     assert "| ce | 2 |" in text and "| mt | 2 |" in text
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
     capsys.readouterr()
-    assert main([*args, "--out", str(tmp_path / "cmp")]) == 0
+    assert main([*args, "--out", str(tmp_path / "cmp"), "--report"]) == 0
     assert capsys.readouterr().out.count("done, skipped") == 4
+    html = (tmp_path / "cmp" / "report" / "index.html").read_text()
+    assert all(f"{m}/seed{s}" in html for m in ("ce", "mt") for s in (0, 1))

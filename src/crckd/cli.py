@@ -79,7 +79,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from crckd.config import deep_merge, parse_override, read_yaml
-    from crckd.engine.compare import markdown_table, run_comparison, write_comparison
+    from crckd.engine.compare import markdown_table, plan_runs, run_comparison, write_comparison
 
     raw = read_yaml(args.config)
     for text in args.overrides:
@@ -91,6 +91,15 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(
         f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}"
     )
+    if args.report:
+        from crckd.engine.report import write_report
+
+        plan = plan_runs(args.methods, args.seeds, args.folds)
+        runs = [out / run.method / run.name for run in plan]
+        report = write_report(
+            [run for run in runs if (run / "metrics.json").exists()], out / "report"
+        )
+        print(f"report: {report.index}")
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -163,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--folds", nargs="+", type=int, help="test folds of a kfold split (APTOS)")
     p.add_argument("--out", required=True, help="folder of the runs and the comparison files")
+    p.add_argument("--report", action="store_true", help="also write OUT/report/index.html")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("methods", help="list the registered methods and their papers")
