@@ -161,7 +161,6 @@ class ImageDataset(torch.utils.data.Dataset):
     With `views=2` the item also holds "image2": a second, independent draw of `transform` on
     the same image, for methods that compare two augmented views. `images`, when given, is an
     indexable source of already decoded images (the decoded cache) used instead of the files.
-    With `seed`, each item's random augmentation is drawn from (seed, index) alone.
     """
 
     def __init__(
@@ -171,7 +170,6 @@ class ImageDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         views: int = 1,
         images: Sequence[Image.Image] | None = None,
-        seed: int | None = None,
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -182,18 +180,19 @@ class ImageDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.views = views
         self.images = images
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item `key`, or `(index, seed)`: then its augmentation is drawn from (seed, index)
+        alone, the same whatever the worker or rank that loads it."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.images[index] if self.images is not None else open_rgb(self.paths[index])
-        if self.seed is None:
+        if seed is None:
             return self._item(image, index)
-        # Augmentations drawn from (seed, index) alone: the same whatever the worker or rank.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + index) % 2**63)
+            torch.manual_seed((seed * 1_000_003 + index) % 2**63)
             return self._item(image, index)
 
     def _item(self, image: Image.Image, index: int) -> dict:

@@ -8,13 +8,15 @@ import torch
 from torch.utils.data import Sampler
 
 
-class GlobalBatchSampler(Sampler[list[int]]):
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     """Shuffled batches of `batch_size` (the global batch), each cut into contiguous per-rank
     chunks, so that N processes see exactly the batches one process would.
 
-    The permutation depends only on `seed` (one per epoch). A last batch that cannot give every
-    rank at least two images (BatchNorm cannot train on one) or that does not divide evenly
-    between the ranks is dropped; in one process only a last batch of a single image is.
+    The permutation depends only on `seed` (set once per epoch with `set_seed`). Each batch is a
+    list of `(index, seed)` keys: `ImageDataset` draws an image's augmentation from them, so a
+    loader's persistent workers follow the epoch without being restarted. A last batch that
+    cannot give every rank at least two images (BatchNorm cannot train on one) or that does not
+    divide evenly between the ranks is dropped; in one process only a last batch of one image is.
     """
 
     def __init__(
@@ -34,10 +36,16 @@ class GlobalBatchSampler(Sampler[list[int]]):
             batches.pop()
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def set_seed(self, seed: int) -> None:
+        """The epoch's seed: its permutation and its augmentations."""
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self._global_batches():
             share = len(batch) // self.world_size
-            yield batch[self.rank * share : (self.rank + 1) * share]
+            yield [
+                (index, self.seed) for index in batch[self.rank * share : (self.rank + 1) * share]
+            ]
 
     def __len__(self) -> int:
         return len(self._global_batches())

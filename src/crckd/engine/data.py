@@ -149,19 +149,19 @@ def make_loader(
     """A loader whose batches and augmentations follow `seed` exactly.
 
     Shuffled (training) loaders draw global batches of `batch_size` and give this rank its
-    share (`GlobalBatchSampler`), and draw each image's augmentation from (seed, index), so the
-    batches and augmentations are the same whatever the number of ranks and workers. Workers are
-    made anew each epoch (not persistent) so that a resumed run replays the same augmentations;
-    `images` (the decoded cache) makes their start cheap.
+    share (`GlobalBatchSampler`; `loader.batch_sampler.set_seed` moves it to another epoch),
+    and draw each image's augmentation from (seed, index), so batches and augmentations are the
+    same whatever the number of ranks and workers, and a resumed run replays them. Training
+    workers persist across epochs.
     """
     label_list = None if labels is None else labels.tolist()
-    dataset = ImageDataset(
-        paths, label_list, transform, views, images=images, seed=seed if shuffle else None
-    )
+    dataset = ImageDataset(paths, label_list, transform, views, images=images)
     common = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "pin_memory": pin_memory}
     if shuffle:
         sampler = GlobalBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size
         )
-        return DataLoader(dataset, batch_sampler=sampler, **common)
+        return DataLoader(
+            dataset, batch_sampler=sampler, persistent_workers=num_workers > 0, **common
+        )
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)

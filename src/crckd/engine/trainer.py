@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from crckd.config import Config, config_to_dict
 from crckd.data import eval_transform, save_split, train_transform
 from crckd.data.cache import DecodedImages
-from crckd.data.samplers import GlobalBatchSampler
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
@@ -136,11 +135,8 @@ class Trainer:
         if config.data.cache:
             self.decoded = self._open_cache()
         self.loaders = self._make_eval_loaders()
-        self.steps_per_epoch = len(
-            GlobalBatchSampler(
-                len(self.data.train), train_cfg.batch_size, seed=0, world_size=self.dist.world_size
-            )
-        )
+        self._train: torch.utils.data.DataLoader | None = None
+        self.steps_per_epoch = len(self.train_loader(0))
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
@@ -211,21 +207,23 @@ class Trainer:
 
     def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """This rank's training batches of `epoch` (their order and augmentations follow the
-        run seed and the epoch only)."""
-        return make_loader(
-            self.data.paths(self.data.train),
-            self.data.labels(self.data.train),
-            train_transform(self.config.data.image_size, self.normalization),
-            batch_size=self.config.train.batch_size,
-            shuffle=True,
-            num_workers=self.workers,
-            views=self.method.views,
-            seed=epoch_seed(self.config.train.seed, epoch),
-            pin_memory=self.device.type == "cuda",
-            images=self._decoded(self.data.train),
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        )
+        run seed and the epoch only); one loader, whose workers persist across epochs."""
+        if self._train is None:
+            self._train = make_loader(
+                self.data.paths(self.data.train),
+                self.data.labels(self.data.train),
+                train_transform(self.config.data.image_size, self.normalization),
+                batch_size=self.config.train.batch_size,
+                shuffle=True,
+                num_workers=self.workers,
+                views=self.method.views,
+                pin_memory=self.device.type == "cuda",
+                images=self._decoded(self.data.train),
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+        self._train.batch_sampler.set_seed(epoch_seed(self.config.train.seed, epoch))
+        return self._train
 
     def _decoded(self, positions: np.ndarray) -> DecodedImages | None:
         return None if self.decoded is None else self.decoded.subset(positions)

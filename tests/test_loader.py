@@ -1,0 +1,55 @@
+"""Training batches and augmentations depend on (seed, epoch) only: not on workers or ranks."""
+
+import pytest
+import torch
+
+from conftest import make_ham_layout
+from crckd.data import load_table, train_transform
+from crckd.data.samplers import GlobalBatchSampler
+from crckd.engine.data import make_loader
+
+
+def epochs_of(loader, seeds):
+    out = []
+    for seed in seeds:
+        loader.batch_sampler.set_seed(seed)
+        out.append([(batch["index"].tolist(), batch["image"]) for batch in loader])
+    return out
+
+
+@pytest.mark.slow
+def test_persistent_workers_give_the_batches_and_augmentations_of_no_workers(tmp_path):
+    table = load_table("ham10000", make_ham_layout(tmp_path / "ham", n_per_class=3))
+    paths, labels = table.frame["path"].tolist(), table.frame["label"].to_numpy()
+
+    def loader(workers):
+        transform = train_transform(16)
+        return make_loader(
+            paths, labels, transform, batch_size=4, shuffle=True, num_workers=workers
+        )
+
+    plain, workers = epochs_of(loader(0), [11, 12]), epochs_of(loader(2), [11, 12])
+    for epoch_plain, epoch_workers in zip(plain, workers, strict=True):
+        for (idx_a, img_a), (idx_b, img_b) in zip(epoch_plain, epoch_workers, strict=True):
+            assert idx_a == idx_b
+            torch.testing.assert_close(img_a, img_b, rtol=0, atol=0)
+    assert [i for i, _ in plain[0]] != [i for i, _ in plain[1]]  # another epoch, another order
+
+
+def test_rank_chunks_make_up_the_single_process_batches():
+    single = list(GlobalBatchSampler(22, 8, seed=3))
+    ranks = [list(GlobalBatchSampler(22, 8, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == single
+    assert [len(b) for b in single] == [8, 8, 6]
+    assert all(seed == 3 for batch in single for _, seed in batch)
+    indices = sorted(i for batch in single for i, _ in batch)
+    assert indices == sorted(set(indices))
+
+
+def test_last_batches_too_small_for_batchnorm_are_dropped():
+    assert [len(b) for b in GlobalBatchSampler(17, 8, seed=0)] == [8, 8]
+    assert [len(b) for b in GlobalBatchSampler(18, 8, seed=0)] == [8, 8, 2]
+    # 2 ranks: a last batch of 3 does not divide, one of 2 leaves each rank one image.
+    assert len(GlobalBatchSampler(19, 8, seed=0, world_size=2)) == 2
+    assert len(GlobalBatchSampler(18, 8, seed=0, world_size=2)) == 2
+    assert len(GlobalBatchSampler(20, 8, seed=0, world_size=2)) == 3
