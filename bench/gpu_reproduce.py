@@ -39,6 +39,7 @@ def run_config(args: argparse.Namespace, method: str) -> dict:
             "root": str(args.data_root),
             "image_size": args.image_size,
             "num_workers": args.workers,
+            "cache": args.cache,
         },
         "model": {"backbone": args.backbone, "pretrained": args.pretrained},
         "method": {
@@ -83,6 +84,12 @@ def main() -> None:
     parser.add_argument("--pretrained", default=False, help="false, true or a weights file")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode and resize the images once (data.cache); --no-cache reads the files",
+    )
     args = parser.parse_args()
     if args.pretrained in ("false", "true"):
         args.pretrained = args.pretrained == "true"

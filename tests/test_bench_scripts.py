@@ -21,7 +21,7 @@ def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
         str(REPO / "bench" / "gpu_reproduce.py"),
         "--data-root", str(root), "--epochs", "2", "--image-size", "32",
         "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
-        "--device", "cpu", "--out", str(out),
+        "--device", "cpu", "--no-cache", "--out", str(out),
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
     report = json.loads((out / "gpu_reproduce.json").read_text())
