@@ -9,7 +9,7 @@ data=${1:?DATA_DIR holding ham10000/ and aptos2019/}
 out=${2:-runs/bench_gpu}
 pretrained=${3:-false}
 methods=(ce mt kd crd src_mt crckd mt+ccd mt+crp)
-common=("model.pretrained=$pretrained" data.cache=true)
+common=("model.pretrained=$pretrained")
 crckd compare -c configs/ham10000/baseline.yaml "data.root=$data/ham10000" "${common[@]}" \
     --methods "${methods[@]}" --seeds 0 1 2 --out "$out/ham10000"
 crckd compare -c configs/aptos/baseline.yaml "data.root=$data/aptos2019" "${common[@]}" \

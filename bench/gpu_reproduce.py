@@ -87,8 +87,8 @@ def main() -> None:
     parser.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode and resize the images once (data.cache); --no-cache reads the files",
+        default=False,
+        help="decode and resize the images once (data.cache); off: read the files",
     )
     args = parser.parse_args()
     if args.pretrained in ("false", "true"):
