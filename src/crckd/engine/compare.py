@@ -134,7 +134,8 @@ def bar_chart(summary: pd.DataFrame, path: Path, metrics: Sequence[str] = CHART_
         )
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     ax.set_ylabel("test score (mean ± std over runs)")
-    ax.legend(fontsize="small", ncol=len(metrics))
+    ax.set_ylim(0, 1.15)  # room for the legend above the bars
+    ax.legend(fontsize="small", ncol=len(metrics), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
