@@ -177,7 +177,7 @@ def evaluate_checkpoint(
     metrics["split"] = split
     out = RunFolder(Path(out_dir))
     out.write_metrics(metrics)
-    per_class_table(metrics).to_csv(out.per_class, index=False)
+    out.write_per_class(per_class_table(metrics))
     return metrics
 
 

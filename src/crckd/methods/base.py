@@ -43,7 +43,7 @@ class Method(nn.Module):
         self.config = config
         self.context = context
         weights = context.class_weights
-        self.register_buffer("class_weights", weights if weights is not None else None)
+        self.register_buffer("class_weights", weights)
         self.generator = torch.Generator()
 
     def seed(self, seed: int) -> None:
