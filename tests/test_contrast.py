@@ -83,6 +83,29 @@ def test_scores_against_loops_use_other_bank_and_first_batch_z(batch: int) -> No
     )
 
 
+def test_loading_a_state_dict_makes_z_be_read_again() -> None:
+    """Z is read back from the device only on the first call after construction or loading: a
+    loaded unset Z must be set from the next batch, a loaded set Z must be kept."""
+    torch.manual_seed(4)
+    n_data, tau = 40, 0.07
+    mem = ContrastMemory(dim=6, n_data=n_data, temperature=tau)
+    unset = ContrastMemory(dim=6, n_data=n_data, temperature=tau).state_dict()
+    idx = torch.randint(n_data, (4, 10))
+    mem.scores(unit_rows(4, 6), unit_rows(4, 6), idx)
+    first_z = mem.z_s.clone()
+
+    mem.load_state_dict(unset)
+    g_s, g_t = unit_rows(4, 6), unit_rows(4, 6)
+    mem.scores(g_s, g_t, idx)
+    expected = n_data * ref_exp_scores(g_s, mem.memory_t, idx, tau).mean()
+    assert mem.z_s.item() == pytest.approx(expected, rel=TOL)
+
+    loaded = {**unset, "z_s": first_z, "z_t": first_z}
+    mem.load_state_dict(loaded)
+    mem.scores(unit_rows(4, 6), unit_rows(4, 6), idx)
+    assert mem.z_s.item() == pytest.approx(first_z.item(), rel=TOL)
+
+
 def test_scores_gradient_reaches_embeddings_only() -> None:
     torch.manual_seed(2)
     mem = ContrastMemory(dim=4, n_data=30)

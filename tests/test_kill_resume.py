@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from crckd.engine import load_checkpoint
+from crckd.engine.trainer import TIMING_COLUMNS
 from test_trainer import make_colour_ham
 
 ARGS = [
@@ -77,8 +78,8 @@ def assert_same_run(run: Path, reference: Path, note: str) -> None:
             assert a[part].keys() == b[part].keys(), note
             for key, value in a[part].items():
                 torch.testing.assert_close(b[part][key], value, rtol=0, atol=0, msg=f"{key} {note}")
-    history = pd.read_csv(run / "epochs.csv").drop(columns="train_seconds")
-    expected = pd.read_csv(reference / "epochs.csv").drop(columns="train_seconds")
+    history = pd.read_csv(run / "epochs.csv").drop(columns=list(TIMING_COLUMNS))
+    expected = pd.read_csv(reference / "epochs.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(history, expected, obj=note)
 
 

@@ -14,6 +14,7 @@ from crckd.config import load_config
 from crckd.data import HAM10000_CLASSES
 from crckd.engine import Trainer, load_checkpoint, train
 from crckd.engine import trainer as trainer_module
+from crckd.engine.trainer import TIMING_COLUMNS
 from crckd.errors import NumericalError, RunFolderError
 
 FAST = [
@@ -132,8 +133,8 @@ def test_resume_equals_an_uninterrupted_run(colour_ham, tmp_path, monkeypatch):
     for key, value in a["method"].items():
         torch.testing.assert_close(b["method"][key], value, rtol=0, atol=0, msg=key)
     assert resumed.metrics == full.metrics
-    history = pd.read_csv(tmp_path / "killed" / "epochs.csv").drop(columns="train_seconds")
-    expected = pd.read_csv(tmp_path / "full" / "epochs.csv").drop(columns="train_seconds")
+    history = pd.read_csv(tmp_path / "killed" / "epochs.csv").drop(columns=list(TIMING_COLUMNS))
+    expected = pd.read_csv(tmp_path / "full" / "epochs.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(history, expected)
 
 

@@ -53,7 +53,8 @@ def rotate_flip_batch(x: torch.Tensor, generator: torch.Generator | None = None)
     it along the height axis with probability 0.5: CRCKD's perturbation of the teacher's view.
 
     Samples that share a rotation are rotated together, so the cost is four batched ops at
-    most. The random draws use `generator` (on its own device) for reproducibility.
+    most. The random draws use `generator` (on its own device) for reproducibility; the grouping
+    is done there too, so a host generator costs a GPU batch no device sync.
     """
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
         raise ValueError(
@@ -61,9 +62,11 @@ def rotate_flip_batch(x: torch.Tensor, generator: torch.Generator | None = None)
         )
     device = generator.device if generator is not None else torch.device("cpu")
     batch = x.shape[0]
-    turns = torch.randint(0, 4, (batch,), generator=generator, device=device).to(x.device)
+    turns = torch.randint(0, 4, (batch,), generator=generator, device=device)
     flips = (torch.rand(batch, generator=generator, device=device) < 0.5).to(x.device)
     groups = [torch.nonzero(turns == k).flatten() for k in range(4)]
-    rotated = torch.cat([torch.rot90(x[rows], k, dims=(2, 3)) for k, rows in enumerate(groups)])
-    out = rotated[torch.argsort(torch.cat(groups))]  # back to the input order
+    rotated = torch.cat(
+        [torch.rot90(x[rows.to(x.device)], k, dims=(2, 3)) for k, rows in enumerate(groups)]
+    )
+    out = rotated[torch.argsort(torch.cat(groups)).to(x.device)]  # back to the input order
     return torch.where(flips[:, None, None, None], out.flip(2), out)

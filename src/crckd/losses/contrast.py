@@ -6,6 +6,7 @@ module restores them (the reference does not save them, §f.5).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -23,7 +24,8 @@ class ContrastMemory(nn.Module):
 
     Rows start uniform in [-a, a], a = 1/sqrt(D/3), and are *not* normalised (as in the
     reference); the initial draw uses torch's global RNG, so the caller seeds it. Z_S and Z_T hold
-    -1 until the first call to :meth:`scores` sets them.
+    -1 until the first call to :meth:`scores` sets them. Only that first call (after construction
+    or loading) reads Z back to the host; later steps never wait for the device.
     """
 
     memory_s: Tensor
@@ -43,6 +45,8 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_t", torch.rand(n_data, dim) * (2 * bound) - bound)
         self.register_buffer("z_s", torch.tensor(_Z_UNSET))
         self.register_buffer("z_t", torch.tensor(_Z_UNSET))
+        self._z_known = False  # whether z_s and z_t have been checked since they were last set
+        self.register_load_state_dict_post_hook(_forget_z)
 
     def scores(
         self, student_emb: Tensor, teacher_emb: Tensor, contrast_idx: Tensor
@@ -54,27 +58,44 @@ class ContrastMemory(nn.Module):
         then kept fixed (as in CRD). Bank rows are constants: gradient flows into the embeddings.
         Computed in (at least) float32 with autocast off: exp(1/τ) ≈ 1.6e6 overflows float16.
         """
-        with torch.autocast(device_type=student_emb.device.type, enabled=False):
+        with _without_autocast(student_emb.device.type):
             e_s = _exp_scores(student_emb, self.memory_t, contrast_idx, self.temperature)
             e_t = _exp_scores(teacher_emb, self.memory_s, contrast_idx, self.temperature)
-            return e_s / self._normaliser(self.z_s, e_s), e_t / self._normaliser(self.z_t, e_t)
+            if not self._z_known:
+                self._set_unset_z(e_s, e_t)
+            return e_s / self.z_s, e_t / self.z_t
 
-    def _normaliser(self, z: Tensor, exp_scores: Tensor) -> Tensor:
-        """Return Z, setting it in place from ``exp_scores`` if it is still unset."""
-        if z.item() < 0:  # the mean over the global batch, the same on every rank
-            z.copy_(all_reduce_mean(exp_scores.detach().mean()) * self.n_data)
-        return z
+    def _set_unset_z(self, e_s: Tensor, e_t: Tensor) -> None:
+        """Set Z_S and Z_T from these scores where they are unset (the mean over the global
+        batch, the same on every rank); a loaded Z is kept."""
+        for z, exp_scores in ((self.z_s, e_s), (self.z_t, e_t)):
+            if z.item() < 0:
+                z.copy_(all_reduce_mean(exp_scores.detach().mean()) * self.n_data)
+        self._z_known = True
 
     @torch.no_grad()
     def update(self, student_emb: Tensor, teacher_emb: Tensor, index: Tensor) -> None:
         """Momentum update M[i] <- normalize(m·M[i] + (1-m)·g_i) of both banks at ``index`` (§b).
 
-        ``index`` holds the batch's training-set positions; other rows are left untouched.
+        ``index`` holds the batch's training-set positions (on any device); other rows are left
+        untouched.
         """
         # Under DDP every rank applies the whole global batch, so the banks stay identical.
-        index = all_gather_cat(index)
+        index = all_gather_cat(index.to(self.memory_s.device, non_blocking=True))
         _momentum_update(self.memory_s, all_gather_cat(student_emb), index, self.momentum)
         _momentum_update(self.memory_t, all_gather_cat(teacher_emb), index, self.momentum)
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off, on device types that have it (not on "meta", for instance)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _forget_z(module: ContrastMemory, incompatible_keys: object) -> None:
+    """After loading a state dict, Z must be read again: it may be set or unset."""
+    module._z_known = False
 
 
 def _exp_scores(anchor: Tensor, bank: Tensor, idx: Tensor, temperature: float) -> Tensor:

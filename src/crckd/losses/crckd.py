@@ -61,7 +61,8 @@ def class_centroids(memory: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     rows = memory.detach().relu()
     labels = labels.to(device=rows.device, dtype=torch.long)
     sums = rows.new_zeros(num_classes, rows.shape[1]).index_add_(0, labels, rows)
-    counts = torch.bincount(labels, minlength=num_classes).to(rows.dtype)
+    # Counted by index_add_, not bincount, which reads the labels' maximum back to the host.
+    counts = rows.new_zeros(num_classes).index_add_(0, labels, rows.new_ones(len(labels)))
     means = sums / counts.clamp(min=1).unsqueeze(1)
     return F.normalize(means, dim=1)
 

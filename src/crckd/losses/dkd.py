@@ -14,9 +14,11 @@ def _split_target(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
     softmax of the binary logits is b = [p_y, 1 − p_y] of the full softmax, computed stably.
     """
-    target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
-    rest = logits[~target].view(logits.shape[0], -1)
-    binary = torch.stack([logits[target], rest.logsumexp(dim=1)], dim=1)
+    labels = labels.unsqueeze(1)
+    columns = torch.arange(logits.shape[1] - 1, device=logits.device).expand(len(logits), -1)
+    # The non-target columns in order: gathered, since a boolean mask would sync with the host.
+    rest = logits.gather(1, columns + (columns >= labels).long())
+    binary = torch.cat([logits.gather(1, labels), rest.logsumexp(dim=1, keepdim=True)], dim=1)
     return binary, rest
 
 

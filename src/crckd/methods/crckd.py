@@ -10,7 +10,7 @@ from torch import Tensor
 
 from crckd.config import MethodConfig, deep_merge
 from crckd.data import ContrastSampler
-from crckd.dist import all_gather_cat, rank
+from crckd.dist import all_gather_cat, rank, world_size
 from crckd.errors import ConfigError
 from crckd.losses import ContrastMemory, ProjectionHead, ccd_loss, class_centroids, crp_loss
 from crckd.methods.base import MethodContext
@@ -116,11 +116,18 @@ class CRCKD(MeanTeacher):
 
     def contrast_indices(self, index: Tensor) -> Tensor:
         """Contrast sets of this batch's anchors, drawn for the global batch (all ranks draw
-        the same sets with the same generator) and cut to this rank's rows."""
-        global_index = all_gather_cat(index)
+        the same sets with the same generator) and cut to this rank's rows.
+
+        The draw runs on the host: in one process a host `index` (the trainer keeps it there)
+        costs no device sync; under DDP the indices are gathered on the banks' device first.
+        """
+        device = self.memory.memory_s.device
+        global_index = index
+        if world_size() > 1:
+            global_index = all_gather_cat(index.to(device, non_blocking=True)).cpu()
         drawn = self.sampler.sample(global_index.cpu(), generator=self.generator)
         start = rank() * len(index)
-        return drawn[start : start + len(index)].to(index.device)
+        return drawn[start : start + len(index)].to(device, non_blocking=True)
 
     def relation_loss(self, emb_s: Tensor, emb_t: Tensor) -> Tensor:
         """CRP against class centroids of the banks, after this batch's update (§b CRP)."""
