@@ -3,7 +3,9 @@
 A step is: method losses (student forward, teacher forward, CCD/CRP), backward, Adam step and
 the EMA update; data loading is left out, so the ratio measures the method's own cost. Every
 term is switched on (the epoch is past every begin_epoch), and the methods are timed in
-interleaved rounds so that drift in machine load hits them alike. Writes JSON.
+interleaved rounds so that drift in machine load hits them alike. A gradient-free forward pass
+of the same model is timed too: 1 + forward / CE is roughly the least any method whose teacher
+runs a forward pass every step can cost. Writes JSON.
 
     python bench/step_overhead.py --out bench/results/step_overhead.json
 """
@@ -41,6 +43,16 @@ class StepRunner:
         self.args = args
         self.step = 0
 
+    def timed_forward(self) -> float:
+        """Seconds for one forward pass of the student without gradient, in training mode: what
+        an EMA teacher's forward pass on its view adds to a step, at least."""
+        args = self.args
+        images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+        started = time.perf_counter()
+        with torch.no_grad():
+            self.method.student(images)
+        return time.perf_counter() - started
+
     def timed_step(self) -> float:
         """Seconds for one step with every term of the method switched on."""
         args, epoch = self.args, 30
@@ -64,6 +76,11 @@ class StepRunner:
         return time.perf_counter() - started
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of numerator / denominator timed in the same round."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
@@ -72,27 +89,35 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=7)
     parser.add_argument("--n-data", type=int, default=5961, help="bank size (HAM10000 train)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench/results/step_overhead.json"))
     args = parser.parse_args()
 
     names = ("ce", "mt", "crckd")
     runners = {name: StepRunner(name, args) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
-    # Interleave the methods so that any drift in machine load hits them alike.
+    timers = {name: runners[name].timed_step for name in names}
+    timers["forward"] = runners["ce"].timed_forward
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    # Interleave the measurements so that any drift in machine load hits them alike.
     for round_ in range(args.warmup + args.repeats):
-        for name in names:
-            seconds = runners[name].timed_step()
+        for name, timer in timers.items():
+            seconds = timer()
             if round_ >= args.warmup:
                 times[name].append(seconds)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    for name in names:
-        print(f"{name:6s} median step {medians[name] * 1000:.1f} ms")
+    for name in timers:
+        print(f"{name:8s} median {medians[name] * 1000:.1f} ms")
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "median_step_seconds": medians,
-        "ratio_mt_over_ce": medians["mt"] / medians["ce"],
-        "ratio_crckd_over_ce": medians["crckd"] / medians["ce"],
+        "median_step_seconds": {name: medians[name] for name in names},
+        "median_forward_seconds": medians["forward"],
+        # Medians of the per-round ratios: each round times every measurement back to back,
+        # so a ratio within a round is not moved by slower or faster stretches of the machine.
+        "ratio_mt_over_ce": paired_ratio(times["mt"], times["ce"]),
+        "ratio_crckd_over_ce": paired_ratio(times["crckd"], times["ce"]),
+        # A CE step plus one gradient-free forward pass timed alone: roughly the least a method
+        # whose teacher runs a forward pass every step can cost.
+        "ratio_ce_plus_one_forward": 1 + paired_ratio(times["forward"], times["ce"]),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
