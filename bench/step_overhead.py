@@ -111,6 +111,7 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "median_step_seconds": {name: medians[name] for name in names},
         "median_forward_seconds": medians["forward"],
+        "seconds_per_round": times,
         # Medians of the per-round ratios: each round times every measurement back to back,
         # so a ratio within a round is not moved by slower or faster stretches of the machine.
         "ratio_mt_over_ce": paired_ratio(times["mt"], times["ce"]),
