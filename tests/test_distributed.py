@@ -10,6 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from crckd.config import load_config
+from crckd.engine.distributed import convert_sync_batchnorm
+from crckd.methods import MethodContext, get_method
+from crckd.models import build_model
 from test_trainer import make_colour_ham
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -86,3 +90,25 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(tmp_path):
         assert ddp_log[column].tolist() == pytest.approx(single_log[column].tolist(), rel=1e-4)
     assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
     assert not (ddp_dir / "run" / "rank1").exists()
+
+
+def test_sync_batchnorm_converts_the_trained_modules_only_and_keeps_their_tensors():
+    config = load_config(overrides=["method.name=crckd"])
+    context = MethodContext(3, [0, 1, 2] * 4, torch.ones(3), epochs=80)
+    method = get_method("crckd").cls(build_model("resnet18", 3), config.method, context)
+    before = method.state_dict(keep_vars=True)
+    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
+
+    converted = convert_sync_batchnorm(method)
+
+    assert "student" in converted and "teacher" not in converted
+    norms = [
+        m for m in method.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in method.teacher.modules())
+    after = method.state_dict(keep_vars=True)
+    assert list(after) == list(before)  # checkpoints and the EMA pairing see the same keys
+    assert all(after[key] is before[key] for key in before)  # the very same tensors
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in method.trainable_parameters()} == trained

@@ -15,7 +15,7 @@ from crckd.data import HAM10000_CLASSES
 from crckd.engine import Trainer, load_checkpoint, train
 from crckd.engine import trainer as trainer_module
 from crckd.engine.trainer import TIMING_COLUMNS
-from crckd.errors import NumericalError, RunFolderError
+from crckd.errors import ConfigError, NumericalError, RunFolderError
 
 FAST = [
     "model.backbone=resnet18",
@@ -93,6 +93,9 @@ def test_crckd_run_writes_the_documented_run_folder(colour_ham, tmp_path):
     assert len(epochs) == 2
     assert {"train_ce", "train_ccd", "train_kl", "train_crp", "weight_ccd"} <= set(epochs.columns)
     assert np.isnan(epochs.loc[0, "train_crp"]) and epochs.loc[1, "train_crp"] > 0
+    assert (
+        (epochs["data_wait_seconds"] > 0) & (epochs["data_wait_seconds"] < epochs["train_seconds"])
+    ).all()
     split = pd.read_csv(out / "split.csv")
     assert set(split["split"]) == {"train", "val", "test"}
     state = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -145,6 +148,13 @@ def test_a_folder_holding_another_run_is_refused(colour_ham, tmp_path):
     with pytest.raises(RunFolderError, match="already holds a run"):
         Trainer(config_for(colour_ham, out, "train.epochs=1"))
     assert (out / "config.yaml").read_text() == "earlier run\n"
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused_before_anything_is_written(colour_ham, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"train\.sync_batchnorm needs CUDA"):
+        Trainer(config_for(colour_ham, out, "train.sync_batchnorm=true", "train.device=cpu"))
+    assert not out.exists()
 
 
 def test_nan_loss_stops_with_the_term_name(colour_ham, tmp_path, monkeypatch):

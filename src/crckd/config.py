@@ -158,6 +158,9 @@ class TrainConfig(_Section):
     )
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA only")
     compile: bool = Field(False, description="torch.compile the student")
+    sync_batchnorm: bool = Field(
+        False, description="under DDP on CUDA: BatchNorm of trained modules over the global batch"
+    )
     progress: bool = True
 
 

@@ -71,12 +71,33 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def trainable_children(method: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The children of `method` that the optimiser trains: never the teacher."""
+    return [
+        (name, child)
+        for name, child in method.named_children()
+        if name != "teacher" and any(p.requires_grad for p in child.parameters())
+    ]
+
+
+def convert_sync_batchnorm(method: nn.Module) -> list[str]:
+    """Replace the BatchNorm layers of the trainable children by SyncBatchNorm, in place.
+
+    The new layers hold the same parameter and buffer tensors, so an optimiser built before
+    keeps working and state-dict keys do not change (checkpoints and the EMA pairing too).
+    The teacher is never converted: it takes no gradient and its statistics are its own.
+    """
+    converted = []
+    for name, child in trainable_children(method):
+        setattr(method, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        converted.append(name)
+    return converted
+
+
 def wrap_trainable(method: nn.Module, device: torch.device) -> list[str]:
     """Wrap each trainable child of `method` (never the teacher) in DDP, in place."""
     wrapped = []
-    for name, child in list(method.named_children()):
-        if name == "teacher" or not any(p.requires_grad for p in child.parameters()):
-            continue
+    for name, child in trainable_children(method):
         device_ids = [device.index] if device.type == "cuda" else None
         # Some heads get no gradient in some epochs (e.g. CCD's teacher head while CCD is off).
         setattr(

@@ -31,6 +31,7 @@ from crckd.engine.data import (
 )
 from crckd.engine.distributed import (
     average_batchnorm_buffers,
+    convert_sync_batchnorm,
     init_distributed,
     plain_state_dict,
     shutdown_distributed,
@@ -98,6 +99,10 @@ class Trainer:
             raise ConfigError(
                 f"train.batch_size {train_cfg.batch_size} (the global batch) is not divisible by "
                 f"the {self.dist.world_size} processes"
+            )
+        if train_cfg.sync_batchnorm and self.device.type != "cuda":
+            raise ConfigError(
+                "train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU"
             )
         seed_everything(train_cfg.seed)
         if train_cfg.deterministic:
@@ -238,6 +243,8 @@ class Trainer:
         """Train all remaining epochs, then test the model selected on the validation split."""
         state = self._start_state()
         if self.dist.enabled:
+            if self.config.train.sync_batchnorm:
+                convert_sync_batchnorm(self.method)
             wrap_trainable(self.method, self.device)
         train_cfg = self.config.train
         writer = SummaryWriter(self.run.tensorboard) if self.dist.is_main else None
