@@ -87,6 +87,17 @@ def test_rotate_flip_batch_follows_the_generator() -> None:
     assert not torch.equal(first, rotate_flip_batch(x, torch.Generator().manual_seed(6)))
 
 
+def test_rotate_flip_batch_shares_of_ranks_make_the_single_process_batch() -> None:
+    """Each rank, its generator in the same state, takes its share of the global batch's draws."""
+    x = torch.randn(12, 2, 4, 4)
+    whole = rotate_flip_batch(x, torch.Generator().manual_seed(3))
+    shares = [
+        rotate_flip_batch(part, torch.Generator().manual_seed(3), rank=rank, world_size=3)
+        for rank, part in enumerate(x.split(4))
+    ]
+    assert torch.equal(torch.cat(shares), whole)
+
+
 def test_rotate_flip_batch_needs_square_batches() -> None:
     with pytest.raises(ValueError, match="H == W"):
         rotate_flip_batch(torch.zeros(2, 3, 4, 5))

@@ -48,13 +48,22 @@ def eval_transform(
     )
 
 
-def rotate_flip_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def rotate_flip_batch(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
     """Rotate each sample of a [B, C, H, W] batch by a random multiple of 90 degrees, then flip
     it along the height axis with probability 0.5: CRCKD's perturbation of the teacher's view.
 
     Samples that share a rotation are rotated together, so the cost is four batched ops at
     most. The random draws use `generator` (on its own device) for reproducibility; the grouping
-    is done there too, so a host generator costs a GPU batch no device sync.
+    is done there too, so a host generator costs a GPU batch no device sync. Under DDP, with
+    `rank` and `world_size`, the draws are made for the whole global batch (the same on every
+    rank whose generator is in the same state) and this rank takes its contiguous share, so the
+    rotations are those one process would draw.
     """
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
         raise ValueError(
@@ -62,8 +71,10 @@ def rotate_flip_batch(x: torch.Tensor, generator: torch.Generator | None = None)
         )
     device = generator.device if generator is not None else torch.device("cpu")
     batch = x.shape[0]
-    turns = torch.randint(0, 4, (batch,), generator=generator, device=device)
-    flips = (torch.rand(batch, generator=generator, device=device) < 0.5).to(x.device)
+    mine = slice(rank * batch, (rank + 1) * batch)
+    turns = torch.randint(0, 4, (batch * world_size,), generator=generator, device=device)[mine]
+    draws = torch.rand(batch * world_size, generator=generator, device=device)[mine]
+    flips = (draws < 0.5).to(x.device)
     groups = [torch.nonzero(turns == k).flatten() for k in range(4)]
     rotated = torch.cat(
         [torch.rot90(x[rows.to(x.device)], k, dims=(2, 3)) for k, rows in enumerate(groups)]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crckd.config import MethodConfig
+from crckd.dist import all_reduce_mean, world_size
 from crckd.models import Classifier
 
 
@@ -51,8 +52,16 @@ class Method(nn.Module):
         self.generator.manual_seed(seed)
 
     def cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Class-weighted CE, mean normalised by the weights as in PyTorch (§b losses)."""
-        return F.cross_entropy(logits, labels, weight=self.class_weights)
+        """Class-weighted CE, mean normalised by the weights as in PyTorch (§b losses).
+
+        Under DDP the normaliser is the whole global batch's weight, so that the gradient DDP
+        averages over the ranks is the one a single process gets from the global batch.
+        """
+        if self.class_weights is None or world_size() == 1:
+            return F.cross_entropy(logits, labels, weight=self.class_weights)
+        summed = F.cross_entropy(logits, labels, weight=self.class_weights, reduction="sum")
+        weight = self.class_weights[labels.to(self.class_weights.device)].sum()
+        return summed / all_reduce_mean(weight)  # = world size x summed / global weight
 
     def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
         """Unweighted loss terms for one batch; terms whose weight is 0 may be left out."""

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from crckd.config import MethodConfig
 from crckd.data import rotate_flip_batch
-from crckd.dist import unwrap
+from crckd.dist import rank, unwrap, world_size
 from crckd.errors import ConfigError
 from crckd.losses import kd_loss
 from crckd.methods.base import Method, MethodContext
@@ -66,7 +66,9 @@ class TeacherMethod(Method):
         if self.teacher_view == "second":
             view = batch["image2"]
             if self.config.teacher_perturb:
-                view = rotate_flip_batch(view, generator=self.generator)
+                view = rotate_flip_batch(
+                    view, generator=self.generator, rank=rank(), world_size=world_size()
+                )
         else:
             view = batch["image"]
         with torch.no_grad():
