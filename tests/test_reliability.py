@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import write_image
@@ -261,11 +262,30 @@ def test_resume_repairs_lost_logs_and_refuses_a_changed_model_or_dataset(
     assert {name: (out / name).read_text() for name in logs} == logs
     code = main(["train", "--resume", str(out), "model.feat_dim=16"])
     assert code == EXIT_USER_ERROR
-    assert "does not fit the configured method and model" in capsys.readouterr().err
+    assert "model.feat_dim: 128 -> 16" in capsys.readouterr().err
     meta = root / "HAM10000_metadata.csv"
     meta.write_text("".join(meta.read_text().splitlines(keepends=True)[:-1]))
-    assert main(["train", "--resume", str(out), "train.epochs=2"]) == EXIT_USER_ERROR
+    assert main(["train", "--resume", str(out)]) == EXIT_USER_ERROR
     assert "split.csv: image_id(s) not in the ham10000 data" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_training_settings_and_records_allowed_ones(
+    data_root, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args(data_root, out)]) == 0
+    last = (out / "checkpoints" / "last.pt").read_bytes()
+    # More epochs would run the finished OneCycle schedule past its end.
+    assert main(["train", "--resume", str(out), "train.epochs=2"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "train.epochs: 1 -> 2" in err and "Start a new run" in err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == last
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 1
+
+    (out / "data_check.json").unlink()
+    assert main(["train", "--resume", str(out), "data.num_workers=1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["num_workers"] == 1
+    assert (out / "data_check.json").is_file()  # the check ran again and was written
 
 
 # --- hostile inputs ----------------------------------------------------------------------------

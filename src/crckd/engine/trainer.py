@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from crckd.config import Config, config_to_dict
+from crckd.config import Config, config_to_dict, flat_settings
 from crckd.data import eval_transform, save_split, train_transform
 from crckd.data.cache import DecodedImages
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
@@ -48,6 +48,26 @@ from crckd.models import build_model, input_normalization
 
 # Columns of epochs.csv that measure time: the only ones that differ between identical runs.
 TIMING_COLUMNS = ("train_seconds", "data_wait_seconds")
+# Settings a resumed run may change: where the data and run are, and how this machine runs it.
+# Any other change (epochs, learning rate, method, model...) would make the checkpoint's
+# optimiser, schedule or banks wrong for the rest of the run.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "output_dir",
+        "data.root",
+        "data.num_workers",
+        "data.cache",
+        "data.cache_dir",
+        "data.check",
+        "train.device",
+        "train.deterministic",
+        "train.amp",
+        "train.channels_last",
+        "train.compile",
+        "train.sync_batchnorm",
+        "train.progress",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -277,15 +297,18 @@ class Trainer:
 
     def _start_state(self) -> dict[str, Any]:
         """The progress to start from; a resumed run that never saved a checkpoint restarts."""
-        if self.resume and self.run.last_checkpoint.exists():
+        resuming = self.resume and self.run.last_checkpoint.exists()
+        if resuming:
             state = self._restore(load_checkpoint(self.run.last_checkpoint))
+        if self.dist.is_main:
+            if self.data.check is not None:
+                self.run.write_data_check(self.data.check.to_dict())
+            self.run.write_config(config_to_dict(self.config))  # with any resumable change
+        if resuming:
             if self.dist.is_main:
                 self.run.write_epochs(state["history"])  # a kill may have cut the last row
             return state
         if self.dist.is_main:
-            if self.data.check is not None:
-                self.run.write_data_check(self.data.check.to_dict())
-            self.run.write_config(config_to_dict(self.config))
             with write_guard(self.run.split):
                 save_split(self.data.split, self.run.split)
         return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
@@ -425,6 +448,7 @@ class Trainer:
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        self._check_resumable(checkpoint["config"])
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -438,6 +462,22 @@ class Trainer:
         progress = dict(checkpoint["progress"])
         progress["history"] = list(checkpoint["history"])
         return progress
+
+    def _check_resumable(self, saved: dict[str, Any]) -> None:
+        """Refuse to resume with settings other than RESUMABLE_SETTINGS changed."""
+        before, now = flat_settings(saved), flat_settings(config_to_dict(self.config))
+        changed = sorted(
+            key
+            for key in before.keys() & now.keys()  # a setting added by a newer crckd is new
+            if key not in RESUMABLE_SETTINGS and before[key] != now[key]
+        )
+        if changed:
+            details = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise ConfigError(
+                f"--resume continues a run with its own settings, but these differ from "
+                f"{self.run.last_checkpoint}: {details}. Start a new run to change them; only "
+                f"{', '.join(sorted(RESUMABLE_SETTINGS))} may change on resume"
+            )
 
     def _finish(self, state: dict[str, Any]) -> RunResult:
         best = load_checkpoint(self.run.best_checkpoint)
