@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import make_ham_layout
 from crckd.data import load_table, train_transform
+from crckd.data.datasets import ImageDataset
 from crckd.data.samplers import GlobalBatchSampler
 from crckd.engine.data import make_loader
 
@@ -53,3 +55,23 @@ def test_last_batches_too_small_for_batchnorm_are_dropped():
     assert len(GlobalBatchSampler(19, 8, seed=0, world_size=2)) == 2
     assert len(GlobalBatchSampler(18, 8, seed=0, world_size=2)) == 2
     assert len(GlobalBatchSampler(20, 8, seed=0, world_size=2)) == 3
+
+
+def test_a_seeded_item_depends_on_its_key_only_and_leaves_the_global_generator_alone():
+    images = [torch.randint(0, 256, (12, 12, 3), dtype=torch.uint8).numpy() for _ in range(3)]
+    dataset = ImageDataset(
+        ["a", "b", "c"], [0, 1, 0], train_transform(12), views=2,
+        images=[Image.fromarray(image) for image in images],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    first = dataset[(1, 5)]
+    expected_next = torch.rand(4)
+    torch.manual_seed(0)
+    again = dataset[(1, 5)]
+    assert torch.equal(torch.rand(4), expected_next)  # as if the item had not been drawn
+    torch.manual_seed(99)  # another global state: the same item
+    for other in (again, dataset[(1, 5)]):
+        assert torch.equal(other["image"], first["image"])
+        assert torch.equal(other["image2"], first["image2"])
+    assert not torch.equal(first["image"], first["image2"])  # two independent views
+    assert not torch.equal(dataset[(1, 6)]["image"], first["image"])  # another epoch seed
