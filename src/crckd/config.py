@@ -157,7 +157,7 @@ class TrainConfig(_Section):
         "auto", description="mixed precision; auto: bf16 (or fp16) on CUDA, off on the CPU"
     )
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA only")
-    compile: bool = Field(False, description="torch.compile the student")
+    compile: bool = Field(False, description="torch.compile the student and any teacher")
     sync_batchnorm: bool = Field(
         False, description="under DDP on CUDA: BatchNorm of trained modules over the global batch"
     )

@@ -156,8 +156,11 @@ class Trainer:
         self.method: Method = spec.cls(student, config.method, context).to(self.device)
         if self.precision.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if train_cfg.compile:
+        if train_cfg.compile:  # in place: parameters and state-dict keys stay as they are
             self.method.student.compile()
+            teacher = getattr(self.method, "teacher", None)
+            if teacher is not None:
+                teacher.compile()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
