@@ -1,7 +1,8 @@
 """Images per second of the data loader alone, against what a training step consumes.
 
 For each source (the files, or the decoded cache), iterates the training loader of a config
-(two augmented views per image, as CRCKD needs) and reports images/s; then times training steps
+(two augmented views per image, as CRCKD needs, as uint8 tensors: the trainer normalises them
+on the device) and reports images/s; then times training steps
 of the same config on random tensors to get the rate the model consumes images at. Writes JSON.
 
     python bench/loader.py -c configs/benchmark/ham10000_cpu.yaml \
@@ -23,7 +24,6 @@ from crckd.config import load_config
 from crckd.data import load_table, train_transform
 from crckd.data.cache import DecodedImages
 from crckd.engine.data import make_loader
-from crckd.models import input_normalization
 from step_overhead import StepRunner
 
 
@@ -31,12 +31,11 @@ def loader_rate(config, images: DecodedImages | None, batches: int) -> float:
     """Images/s of the training loader over at least `batches` batches (whole passes)."""
     table = load_table(config.data.dataset, config.data.root)
     paths = table.frame["path"].tolist()
-    norm = input_normalization(config.model.backbone, config.model.pretrained)
     workers = 0 if config.data.num_workers == "auto" else config.data.num_workers
     loader = make_loader(
         paths,
         table.frame["label"].to_numpy(),
-        train_transform(config.data.image_size, norm),
+        train_transform(config.data.image_size, to_float=False),  # as the trainer loads
         batch_size=config.train.batch_size,
         shuffle=True,
         num_workers=workers,

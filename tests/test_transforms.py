@@ -12,6 +12,7 @@ from crckd.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     eval_transform,
+    normalize_images,
     rotate_flip_batch,
     train_transform,
 )
@@ -109,3 +110,15 @@ def test_rotate_flip_batch_passes_gradients() -> None:
     x = torch.randn(8, 3, 4, 4, requires_grad=True)
     rotate_flip_batch(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+def test_uint8_training_images_normalised_on_the_device_equal_the_float_pipeline() -> None:
+    images = [_image(seed=seed) for seed in range(4)]
+    norm = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    as_float, as_uint8 = train_transform(16, norm), train_transform(16, norm, to_float=False)
+    torch.manual_seed(3)
+    expected = torch.stack([as_float(image) for image in images])
+    torch.manual_seed(3)  # the same augmentation draws
+    raw = torch.stack([as_uint8(image) for image in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)
+    assert torch.equal(normalize_images(raw, norm), expected)  # bit for bit

@@ -29,6 +29,7 @@ from crckd.data.transforms import (
     IMAGENET_STD,
     Normalization,
     eval_transform,
+    normalize_images,
     rotate_flip_batch,
     train_transform,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "load_table",
     "make_split",
     "max_image_pixels",
+    "normalize_images",
     "open_rgb",
     "rotate_flip_batch",
     "sample_root",

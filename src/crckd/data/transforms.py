@@ -18,21 +18,36 @@ IMAGENET_NORMALIZATION: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def train_transform(
-    image_size: int, normalization: Normalization = IMAGENET_NORMALIZATION
+    image_size: int,
+    normalization: Normalization = IMAGENET_NORMALIZATION,
+    *,
+    to_float: bool = True,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The paper's training augmentation: resize, small affine jitter, horizontal flip.
 
-    `normalization` is the (mean, std) the backbone's weights were trained with.
+    `normalization` is the (mean, std) the backbone's weights were trained with. With
+    `to_float=False` the result is the augmented image as a uint8 tensor [3, S, S]: a loader
+    then moves a quarter of the bytes, and `normalize_images` on the device gives exactly what
+    the float pipeline would.
     """
-    return T.Compose(
-        [
-            T.Resize((image_size, image_size)),
-            T.RandomAffine(degrees=10, translate=(0.02, 0.02)),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(*normalization),
-        ]
+    augment = [
+        T.Resize((image_size, image_size)),
+        T.RandomAffine(degrees=10, translate=(0.02, 0.02)),
+        T.RandomHorizontalFlip(),
+    ]
+    if not to_float:
+        return T.Compose([*augment, T.PILToTensor()])
+    return T.Compose([*augment, T.ToTensor(), T.Normalize(*normalization)])
+
+
+def normalize_images(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """uint8 images [B, 3, H, W] to float32, scaled and normalised as ToTensor + Normalize do
+    (the same operations, so the same numbers), on the images' device."""
+    mean, std = (
+        torch.tensor(values, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        for values in normalization
     )
+    return images.to(torch.float32).div_(255).sub_(mean).div_(std)
 
 
 def eval_transform(

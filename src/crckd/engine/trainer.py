@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from crckd.config import Config, config_to_dict, flat_settings
-from crckd.data import eval_transform, save_split, train_transform
+from crckd.data import eval_transform, normalize_images, save_split, train_transform
 from crckd.data.cache import DecodedImages
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -246,7 +246,7 @@ class Trainer:
             self._train = make_loader(
                 self.data.paths(self.data.train),
                 self.data.labels(self.data.train),
-                train_transform(self.config.data.image_size, self.normalization),
+                train_transform(self.config.data.image_size, to_float=False),
                 batch_size=self.config.train.batch_size,
                 shuffle=True,
                 num_workers=self.workers,
@@ -376,10 +376,13 @@ class Trainer:
         return record
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Images and labels to the device. "index" stays on the host: it is bookkeeping that
-        memory-bank methods read there (drawing contrast sets) without a device sync."""
+        """Images (uint8 from the loader, normalised on the device) and labels to the device.
+        "index" stays on the host: it is bookkeeping that memory-bank methods read there
+        (drawing contrast sets) without a device sync."""
         return {
-            key: self.precision.images(value)
+            key: self.precision.images(
+                normalize_images(value.to(self.device, non_blocking=True), self.normalization)
+            )
             if key.startswith("image")
             else value
             if key == "index"
