@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import make_ham_layout
-from crckd.data import load_table, train_transform
+from crckd.data import eval_transform, load_table, train_transform
 from crckd.data.datasets import ImageDataset
 from crckd.data.samplers import GlobalBatchSampler
 from crckd.engine.data import make_loader
@@ -75,3 +75,19 @@ def test_a_seeded_item_depends_on_its_key_only_and_leaves_the_global_generator_a
         assert torch.equal(other["image2"], first["image2"])
     assert not torch.equal(first["image"], first["image2"])  # two independent views
     assert not torch.equal(dataset[(1, 6)]["image"], first["image"])  # another epoch seed
+
+
+@pytest.mark.slow
+def test_evaluation_loader_workers_persist_and_give_the_same_batches(tmp_path):
+    table = load_table("ham10000", make_ham_layout(tmp_path / "ham", n_per_class=2))
+    paths, labels = table.frame["path"].tolist(), table.frame["label"].to_numpy()
+    loader = make_loader(
+        paths, labels, eval_transform(16), batch_size=4, shuffle=False, num_workers=1
+    )
+    assert loader.persistent_workers
+    first = [batch["image"] for batch in loader]
+    workers = loader._iterator._workers  # the processes of the first pass
+    second = [batch["image"] for batch in loader]
+    assert loader._iterator._workers == workers  # reused, not started again
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)

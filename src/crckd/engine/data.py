@@ -151,17 +151,21 @@ def make_loader(
     Shuffled (training) loaders draw global batches of `batch_size` and give this rank its
     share (`GlobalBatchSampler`; `loader.batch_sampler.set_seed` moves it to another epoch),
     and draw each image's augmentation from (seed, index), so batches and augmentations are the
-    same whatever the number of ranks and workers, and a resumed run replays them. Training
-    workers persist across epochs.
+    same whatever the number of ranks and workers, and a resumed run replays them. Workers
+    persist across passes (epochs), so an epoch's training or evaluation does not wait for new
+    worker processes to start.
     """
     label_list = None if labels is None else labels.tolist()
     dataset = ImageDataset(paths, label_list, transform, views, images=images)
-    common = {"num_workers": num_workers, "worker_init_fn": _seed_worker, "pin_memory": pin_memory}
+    common = {
+        "num_workers": num_workers,
+        "worker_init_fn": _seed_worker,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+    }
     if shuffle:
         sampler = GlobalBatchSampler(
             len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size
         )
-        return DataLoader(
-            dataset, batch_sampler=sampler, persistent_workers=num_workers > 0, **common
-        )
+        return DataLoader(dataset, batch_sampler=sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
