@@ -379,16 +379,16 @@ class Trainer:
         """Images (uint8 from the loader, normalised on the device) and labels to the device.
         "index" stays on the host: it is bookkeeping that memory-bank methods read there
         (drawing contrast sets) without a device sync."""
-        return {
-            key: self.precision.images(
-                normalize_images(value.to(self.device, non_blocking=True), self.normalization)
-            )
-            if key.startswith("image")
-            else value
-            if key == "index"
-            else value.to(self.device, non_blocking=True)
-            for key, value in batch.items()
-        }
+        moved = {}
+        for key, value in batch.items():
+            if key == "index":
+                moved[key] = value
+                continue
+            value = value.to(self.device, non_blocking=True)
+            if key.startswith("image"):
+                value = self.precision.images(normalize_images(value, self.normalization))
+            moved[key] = value
+        return moved
 
     def _evaluate_split(self, name: str, prefix: str) -> dict[str, float]:
         metrics = self._metrics(name)
