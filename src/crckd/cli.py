@@ -21,7 +21,7 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from crckd.config import build_config, deep_merge, parse_override, read_yaml
+    from crckd.config import apply_overrides, build_config, read_yaml
     from crckd.engine import RunFolder, train
     from crckd.engine.metrics import format_metrics_table
 
@@ -35,8 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raw = read_yaml(args.config)
     else:
         raw = {}
-    for text in args.overrides:
-        raw = deep_merge(raw, parse_override(text))
+    raw = apply_overrides(raw, args.overrides)
     config = build_config(raw, source=args.resume or args.config or "overrides")
     result = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
@@ -78,12 +77,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from crckd.config import deep_merge, parse_override, read_yaml
+    from crckd.config import apply_overrides, read_yaml
     from crckd.engine.compare import markdown_table, plan_runs, run_comparison, write_comparison
 
-    raw = read_yaml(args.config)
-    for text in args.overrides:
-        raw = deep_merge(raw, parse_override(text))
+    raw = apply_overrides(read_yaml(args.config), args.overrides)
     out = Path(args.out)
     frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
     summary = write_comparison(frame, out)

@@ -257,11 +257,16 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(_describe_validation_error(exc, source)) from None
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`raw` with each `key=value` override merged in, in order (later ones win)."""
+    for text in overrides:
+        raw = deep_merge(raw, parse_override(text))
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML file (optional) and apply `key=value` overrides."""
-    raw = read_yaml(path) if path is not None else {}
-    for text in overrides or []:
-        raw = deep_merge(raw, parse_override(text))
+    raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
     return build_config(raw, source=str(path) if path else "overrides")
 
 

@@ -24,11 +24,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from crckd.data.datasets import PIXEL_LIMIT_ENV, load_table, max_image_pixels, pixel_limit_error
+from crckd.data.datasets import (
+    PIXEL_LIMIT_ENV,
+    first_items,
+    load_table,
+    max_image_pixels,
+    pixel_limit_error,
+)
 from crckd.data.splits import load_split
 from crckd.errors import DataError
 
-SHOWN = 5  # items listed per finding by `DataReport.format`
 KEPT = 20  # items kept per finding by `DataReport.to_dict`
 
 _IMAGE_FINDINGS = {  # code -> (is an error, what the images have in common)
@@ -61,8 +66,7 @@ class Finding:
     def format(self) -> str:
         if not self.items:
             return self.message
-        shown = ", ".join(self.items[:SHOWN]) + (" ..." if len(self.items) > SHOWN else "")
-        return f"{self.message} ({len(self.items)}): {shown}"
+        return f"{self.message} ({len(self.items)}): {first_items(self.items)}"
 
     def to_dict(self) -> dict[str, Any]:
         examples = list(self.items[:KEPT])

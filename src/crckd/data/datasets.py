@@ -34,7 +34,7 @@ PIXEL_LIMIT_ENV = "CRCKD_MAX_IMAGE_PIXELS"
 
 _APTOS_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _HAM_EXTRA_COLUMNS = ("dx_type", "age", "sex", "localization", "dataset")
-_SHOW = 5  # how many offending ids an error message lists
+SHOWN = 5  # how many offending ids, files or lines a message lists
 _INT = re.compile(r"[+-]?\d+")
 _BOM = b"\xef\xbb\xbf"
 
@@ -107,6 +107,12 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         shown = ", ".join(str(p) for p in paths) or "(no paths given)"
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in: {shown}")
     return found
+
+
+def first_items(items: Sequence[object], limit: int = SHOWN) -> str:
+    """The first `limit` items joined by commas, with " ..." when there are more."""
+    items = list(items)
+    return ", ".join(map(str, items[:limit])) + (" ..." if len(items) > limit else "")
 
 
 def max_image_pixels() -> int:
@@ -220,11 +226,12 @@ def _load_ham10000(
     issues: Issues | None,
 ) -> ImageTable:
     _check_fixed_classes("ham10000", HAM10000_CLASSES, classes)
-    csv_path = _csv_path(root, csv, "HAM10000_metadata.csv")
-    meta = _read_csv(csv_path, ("lesion_id", "image_id", "dx"), issues, _HAM_EXTRA_COLUMNS)
-    meta = _unique_rows(meta, "image_id", csv_path, issues)
+    csv_path, meta = _read_rows(
+        root, csv, "HAM10000_metadata.csv", ("lesion_id", "image_id", "dx"), issues,
+        _HAM_EXTRA_COLUMNS, unique="image_id",
+    )  # fmt: skip
     labels = _lookup_labels(meta["dx"].str.lower(), HAM10000_CLASSES, csv_path, "dx", issues)
-    meta, labels = meta[labels >= 0], labels[labels >= 0]
+    meta, labels = _labelled(meta, labels)
     ids = meta["image_id"].tolist()
     index = _index_images(root)
     paths = _find_paths(ids, index, root, ".jpg", csv_path, check_files)
@@ -240,11 +247,11 @@ def _load_aptos(
     issues: Issues | None,
 ) -> ImageTable:
     _check_fixed_classes("aptos", APTOS_CLASSES, classes)
-    csv_path = _csv_path(root, csv, "train.csv")
-    meta = _read_csv(csv_path, ("id_code", "diagnosis"), issues)
-    meta = _unique_rows(meta, "id_code", csv_path, issues)
+    csv_path, meta = _read_rows(
+        root, csv, "train.csv", ("id_code", "diagnosis"), issues, unique="id_code"
+    )
     labels = _integer_labels(meta["diagnosis"], len(APTOS_CLASSES), csv_path, "diagnosis", issues)
-    meta, labels = meta[labels >= 0], labels[labels >= 0]
+    meta, labels = _labelled(meta, labels)
     ids = meta["id_code"].tolist()
     folder = root / "train_images"
     if check_files and not folder.is_dir():
@@ -262,15 +269,16 @@ def _load_csv(
     check_files: bool,
     issues: Issues | None,
 ) -> ImageTable:
-    csv_path = _csv_path(root, csv, "labels.csv")
-    table = _read_csv(csv_path, ("path", "label"), issues, ("image_id", "group"))
-    table = _unique_rows(table, "image_id" if "image_id" in table else "path", csv_path, issues)
+    csv_path, table = _read_rows(
+        root, csv, "labels.csv", ("path", "label"), issues, ("image_id", "group"),
+        unique=("image_id", "path"),
+    )  # fmt: skip
     if classes is None:
         classes = _classes_from_labels(table["label"].tolist())
     else:
         classes = _check_classes(classes)
     labels = _lookup_labels(table["label"], classes, csv_path, "label", issues, by_index=True)
-    table, labels = table[labels >= 0], labels[labels >= 0]
+    table, labels = _labelled(table, labels)
     written = table["path"].tolist()
     ids = table["image_id"].tolist() if "image_id" in table else written
     paths = [str(root / p) for p in written]  # an absolute p replaces root
@@ -339,6 +347,33 @@ def _csv_path(root: Path, csv: str | Path | None, default: str) -> Path:
     return csv.resolve()
 
 
+def _read_rows(
+    root: Path,
+    csv: str | Path | None,
+    default_csv: str,
+    required: Sequence[str],
+    issues: Issues | None,
+    optional: Sequence[str] = (),
+    *,
+    unique: str | tuple[str, str],
+) -> tuple[Path, pd.DataFrame]:
+    """A layout's label CSV (`csv`, else `root/default_csv`) and its rows, one per id.
+
+    `unique` names the id column, or (preferred, fallback) when the id column is optional.
+    """
+    csv_path = _csv_path(root, csv, default_csv)
+    frame = _read_csv(csv_path, required, issues, optional)
+    if isinstance(unique, tuple):
+        unique = unique[0] if unique[0] in frame else unique[1]
+    return csv_path, _unique_rows(frame, unique, csv_path, issues)
+
+
+def _labelled(frame: pd.DataFrame, labels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows whose label is valid (bad ones are -1, already reported)."""
+    keep = labels >= 0
+    return frame[keep], labels[keep]
+
+
 def _read_csv(
     path: Path,
     required: Sequence[str],
@@ -404,10 +439,7 @@ def _unique_rows(
     repeated = frame[column].duplicated()
     duplicated = frame[column][repeated].unique().tolist()
     if duplicated and issues is None:
-        raise DataError(
-            f"{path}: duplicate {column} value(s): {', '.join(duplicated[:_SHOW])}"
-            + (" ..." if len(duplicated) > _SHOW else "")
-        )
+        raise DataError(f"{path}: duplicate {column} value(s): {first_items(duplicated)}")
     if duplicated:
         issues.error(
             "duplicate_id", f"{path.name}: duplicate {column} values, first row kept", duplicated
@@ -570,7 +602,7 @@ def _raise_if_missing(missing: Sequence[str], csv_path: Path, root: Path) -> Non
     if missing:
         raise DataError(
             f"{len(missing)} image(s) listed in {csv_path} not found under {root}: "
-            f"{', '.join(missing[:_SHOW])}" + (" ..." if len(missing) > _SHOW else "")
+            f"{first_items(missing)}"
         )
 
 

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from crckd.data.datasets import ImageTable, _line, _read_csv
+from crckd.data.datasets import ImageTable, _line, _read_csv, first_items
 from crckd.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 SCHEMES = ("auto", "holdout", "kfold")
-_SHOW = 5  # how many offending ids an error message lists
 _MAX_FOLDS = 20  # finest grid used to approximate a fraction by whole folds
 
 
@@ -201,5 +200,4 @@ def _series(ids: pd.Series, values: np.ndarray) -> pd.Series:
 def _raise_if_any(ids: pd.Series | np.ndarray, message: str) -> None:
     ids = list(ids)
     if ids:
-        shown = ", ".join(map(str, ids[:_SHOW])) + (" ..." if len(ids) > _SHOW else "")
-        raise DataError(f"{message} ({len(ids)}): {shown}")
+        raise DataError(f"{message} ({len(ids)}): {first_items(ids)}")

@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.manifold import TSNE
 
 from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.evaluate import load_student, resolve_device, run_model
-from crckd.engine.report import run_test_loader
+from crckd.engine.report import new_figure, run_test_loader
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError
 from crckd.models import Classifier
@@ -125,9 +123,8 @@ def plot_tsne(
     title: str = "",
 ) -> None:
     """Side-by-side scatter plots of 2-D points coloured by class, one panel per model."""
-    fig = Figure(figsize=(5.5 * len(panels) + 1.5, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig, axes = new_figure(5.5 * len(panels) + 1.5, 5, 1, len(panels))
+    axes = axes[0]
     colours = [f"C{c % 10}" for c in range(len(classes))]
     for ax, (heading, points) in zip(axes, panels, strict=True):
         for c, name in enumerate(classes):

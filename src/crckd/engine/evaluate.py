@@ -23,7 +23,7 @@ from crckd.data import (
 )
 from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.data import make_loader
-from crckd.engine.metrics import classification_metrics, per_class_table
+from crckd.engine.metrics import classification_metrics, per_class_table, resolve_kappa_weights
 from crckd.engine.precision import Precision
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError
@@ -91,18 +91,36 @@ def predict_probs(
     return outputs.probs, outputs.labels
 
 
+def image_loader(
+    paths: list[str],
+    labels: np.ndarray | None,
+    image_size: int,
+    normalization: Normalization,
+    batch_size: int,
+) -> DataLoader:
+    """An in-order evaluation loader of image files (resize and normalise, no augmentation),
+    in this process: what eval, predict, report, explain and export feed a model."""
+    return make_loader(
+        paths,
+        labels,
+        eval_transform(image_size, normalization),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+    )
+
+
 def table_loader(
     table: ImageTable, positions: np.ndarray, student: LoadedStudent, batch_size: int
 ) -> DataLoader:
     """An evaluation loader over `positions` of `table`, transformed as `student` expects."""
     frame = table.frame.iloc[positions]
-    return make_loader(
+    return image_loader(
         frame["path"].tolist(),
         frame["label"].to_numpy(),
-        eval_transform(student.image_size, student.normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
+        student.image_size,
+        student.normalization,
+        batch_size,
     )
 
 
@@ -170,9 +188,8 @@ def evaluate_checkpoint(
     probs, labels = predict_probs(
         student.model, loader, torch_device, desc="eval", progress=progress
     )
-    if kappa_weights == "auto":
-        kappa_weights = "quadratic" if table.ordinal else None
-    metrics = classification_metrics(labels, probs, student.classes, kappa_weights)
+    kappa = resolve_kappa_weights(kappa_weights, table.ordinal)
+    metrics = classification_metrics(labels, probs, student.classes, kappa)
     metrics["checkpoint"] = str(checkpoint)
     metrics["split"] = split
     out = RunFolder(Path(out_dir))
@@ -220,14 +237,7 @@ def predict_paths(
         student = load_student(checkpoint, torch_device)
         classes, size, normalization = student.classes, student.image_size, student.normalization
     files = [str(p) for p in list_images(paths)]
-    loader = make_loader(
-        files,
-        None,
-        eval_transform(size, normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-    )
+    loader = image_loader(files, None, size, normalization, batch_size)
     if exported is not None:
         probs = exported.probs(loader, progress=progress)
     else:

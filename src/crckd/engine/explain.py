@@ -18,9 +18,8 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from crckd.data import eval_transform, list_images, open_rgb
-from crckd.engine.data import make_loader
-from crckd.engine.evaluate import load_student, resolve_device
+from crckd.data import list_images, open_rgb
+from crckd.engine.evaluate import image_loader, load_student, resolve_device
 from crckd.engine.run_folder import atomic_write_text
 from crckd.errors import ConfigError, CrckdError
 from crckd.models import Classifier
@@ -140,13 +139,8 @@ def explain_images(
     if target_class is not None and target_class not in student.classes:
         raise ConfigError(f"--class {target_class!r} is not one of {list(student.classes)}")
     files = list_images(images)
-    loader = make_loader(
-        [str(f) for f in files],
-        None,
-        eval_transform(student.image_size, student.normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
+    loader = image_loader(
+        [str(f) for f in files], None, student.image_size, student.normalization, batch_size
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

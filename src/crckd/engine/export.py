@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from crckd import __version__
-from crckd.data import Normalization, eval_transform, list_images, sample_root
-from crckd.engine.data import make_loader
-from crckd.engine.evaluate import LoadedStudent, load_student, predict_probs
+from crckd.data import Normalization, list_images, sample_root
+from crckd.engine.evaluate import LoadedStudent, image_loader, load_student, predict_probs
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, CrckdError
@@ -291,14 +290,7 @@ def export_student(
     student = load_student(checkpoint, torch.device("cpu"))
     target = Path(out) if out is not None else checkpoint.with_suffix(EXPORT_FORMATS[fmt])
     files = [str(p) for p in list_images(images or [sample_root()])[:max_images]]
-    loader = make_loader(
-        files,
-        None,
-        eval_transform(student.image_size, student.normalization),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-    )
+    loader = image_loader(files, None, student.image_size, student.normalization, batch_size)
     reference, _ = predict_probs(student.model, loader, torch.device("cpu"), progress=progress)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp")

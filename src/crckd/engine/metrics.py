@@ -104,6 +104,14 @@ def classification_metrics(
     }
 
 
+def resolve_kappa_weights(setting: str | None, ordinal: bool) -> str | None:
+    """The kappa weighting for a setting: "auto" is quadratic for ordinal grades (APTOS) and
+    unweighted otherwise; "none" is unweighted."""
+    if setting == "auto":
+        return "quadratic" if ordinal else None
+    return None if setting == "none" else setting
+
+
 def _check_inputs(labels: ArrayLike, probs: ArrayLike, num_classes: int):
     y = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)

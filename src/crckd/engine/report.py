@@ -163,10 +163,11 @@ def load_run(
 # --- figures -------------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
+def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **subplots: Any):
+    """A figure on matplotlib's Agg canvas (no display needed) and its [nrows, ncols] axes."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
     return fig, axes
 
 
@@ -197,7 +198,7 @@ def _one_based(epoch: int | None) -> int | None:
 
 def plot_losses(epochs: pd.DataFrame, path: Path) -> str:
     """Every loss term per epoch (unweighted, and the weighted total), and each term's weight."""
-    fig, axes = _figure(11, 3.8, 1, 2)
+    fig, axes = new_figure(11, 3.8, 1, 2)
     ax_loss, ax_weight = axes[0]
     x = epochs["epoch"] + 1
     for column in _columns(epochs, "train_", skip=("train_seconds",)):
@@ -219,7 +220,7 @@ def plot_validation(runs: Sequence[RunData], path: Path) -> str:
     names = [m for m in SCALAR_METRICS if any(f"val_{m}" in r.epochs for r in runs)]
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
-    fig, axes = _figure(3.2 * ncols, 2.8 * nrows, nrows, ncols)
+    fig, axes = new_figure(3.2 * ncols, 2.8 * nrows, nrows, ncols)
     for ax, name in zip(axes.flat, names, strict=False):
         for run in runs:
             if f"val_{name}" in run.epochs:
@@ -240,7 +241,7 @@ def plot_confusion(matrix: ArrayLike, classes: Sequence[str], path: Path) -> str
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     size = 2.2 + 0.55 * len(classes)
-    fig, axes = _figure(2 * size, size, 1, 2)
+    fig, axes = new_figure(2 * size, size, 1, 2)
     for ax, values, title, fmt in (
         (axes[0][0], counts, "counts", "{:d}"),
         (axes[0][1], rates, "row-normalised", "{:.2f}"),
@@ -260,7 +261,7 @@ def plot_confusion(matrix: ArrayLike, classes: Sequence[str], path: Path) -> str
 
 def plot_roc(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path) -> str:
     """One-vs-rest ROC curve per class (classes absent from, or alone in, the labels skipped)."""
-    fig, axes = _figure(5.5, 5)
+    fig, axes = new_figure(5.5, 5)
     ax = axes[0][0]
     for c, name in enumerate(classes):
         positive = labels == c
@@ -278,9 +279,8 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], path
 
 def plot_reliability(bins: pd.DataFrame, ece: float, path: Path) -> str:
     """Accuracy against confidence per bin (the diagonal is perfect calibration), and counts."""
-    fig = Figure(figsize=(5.5, 6), layout="constrained")
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    fig, axes = new_figure(5.5, 6, 2, 1, sharex=True, height_ratios=[3, 1])
+    top, bottom = axes[:, 0]
     width = bins["upper"] - bins["lower"]
     top.bar(
         bins["lower"],

@@ -39,7 +39,12 @@ from crckd.engine.distributed import (
 )
 from crckd.engine.evaluate import load_student, predict_probs
 from crckd.engine.finite import LossWatch
-from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, per_class_table
+from crckd.engine.metrics import (
+    SCALAR_METRICS,
+    classification_metrics,
+    per_class_table,
+    resolve_kappa_weights,
+)
 from crckd.engine.precision import resolve_precision
 from crckd.engine.run_folder import RunFolder, write_guard
 from crckd.errors import CheckpointError, ConfigError, DataError
@@ -162,7 +167,7 @@ class Trainer:
             if teacher is not None:
                 teacher.compile()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
-        self.kappa = _kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
+        self.kappa = resolve_kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.workers = resolve_workers(config.data.num_workers, self.device)
         self.decoded = None
@@ -430,8 +435,12 @@ class Trainer:
             )
 
     def _best_state(self, epoch: int) -> dict[str, Any]:
+        return self._student_state("student", epoch)
+
+    def _student_state(self, kind: str, epoch: int) -> dict[str, Any]:
+        """What every checkpoint holds: enough to rebuild and run the student."""
         return {
-            "kind": "student",
+            "kind": kind,
             "config": config_to_dict(self.config),
             "classes": list(self.data.classes),
             "epoch": epoch,
@@ -440,11 +449,7 @@ class Trainer:
 
     def _full_state(self, state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "kind": "training",
-            "config": config_to_dict(self.config),
-            "classes": list(self.data.classes),
-            "epoch": state["epoch"] - 1,
-            "student": self.student.state_dict(),
+            **self._student_state("training", state["epoch"] - 1),
             "method": plain_state_dict(self.method),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -530,9 +535,3 @@ def _mean_of(records: list[dict[str, Any]], key: str) -> float | None:
     """Mean of a metric over epochs, leaving out epochs where it was undefined (None)."""
     values = [r[key] for r in records if r.get(key) is not None]
     return float(np.mean(values)) if values else None
-
-
-def _kappa_weights(setting: str, ordinal: bool) -> str | None:
-    if setting == "auto":
-        return "quadratic" if ordinal else None
-    return None if setting == "none" else setting

@@ -124,7 +124,7 @@ class CRCKD(MeanTeacher):
         device = self.memory.memory_s.device
         global_index = index
         if world_size() > 1:
-            global_index = all_gather_cat(index.to(device, non_blocking=True)).cpu()
+            global_index = all_gather_cat(index.to(device, non_blocking=True))
         drawn = self.sampler.sample(global_index.cpu(), generator=self.generator)
         start = rank() * len(index)
         return drawn[start : start + len(index)].to(device, non_blocking=True)
