@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_trainer import make_colour_ham
 
@@ -30,8 +31,11 @@ def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
         assert row["train_images_per_second"] > 0
         assert 0 <= row["data_wait_fraction"] <= 1
         assert 0 <= row["test"]["balanced_accuracy"] <= 1
-    config = (out / "crckd" / "config.yaml").read_text()
-    assert "begin_epoch: 0" in config  # 20/80 of 2 epochs, rounded
+    method = yaml.safe_load((out / "crckd" / "config.yaml").read_text())["method"]
+    # The defaults are 20 (of 80 epochs); scaled to 2 epochs they round to 0.
+    assert method["consistency"]["begin_epoch"] == 0
+    assert method["crp"]["begin_epoch"] == 0
+    assert method["consistency"]["rampup_epochs"] == pytest.approx(30 * 2 / 80)
 
 
 @pytest.mark.slow

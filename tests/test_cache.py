@@ -31,8 +31,11 @@ def test_cached_images_equal_decoded_and_resized_ones(paths, tmp_path):
 
 def test_cache_is_reused_and_rebuilt_when_a_source_or_the_size_changes(paths, tmp_path):
     first = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
+    built = first.path.stat()
     again = DecodedImages.open(paths, 24, tmp_path / "cache", progress=False)
     assert again.path == first.path
+    reread = again.path.stat()  # the very same file, not written again
+    assert (reread.st_ino, reread.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
     assert DecodedImages.open(paths, 16, tmp_path / "cache", progress=False).path != first.path
     write_image(Path(paths[0]), size=(40, 30), seed=99)
     os.utime(paths[0], ns=(1, 1))  # a different modification time, whatever the clock

@@ -200,16 +200,16 @@ def test_memory_and_ccd_end_to_end_gradient_paths() -> None:
     torch.manual_seed(8)
     head_s, head_t = ProjectionHead(16, 8), ProjectionHead(16, 8)
     mem = ContrastMemory(dim=8, n_data=40)
-    f_s = torch.randn(4, 16)
-    with torch.no_grad():
-        f_t = torch.randn(4, 16)
+    f_s, f_t = torch.randn(4, 16), torch.randn(4, 16)
     g_s, g_t = head_s(f_s), head_t(f_t)
     h_s, h_t = mem.scores(g_s, g_t, torch.randint(40, (4, 3 + 10)))
     loss_s, loss_t = ccd_loss(h_s, h_t, num_positives=3, n_data=40)
     loss_s.backward()
     assert head_s.linear.weight.grad is not None and head_t.linear.weight.grad is None
+    student_grad = head_s.linear.weight.grad.clone()
     loss_t.backward()
     assert head_t.linear.weight.grad is not None
+    assert torch.equal(head_s.linear.weight.grad, student_grad)  # L_CCD^T left it alone
 
 
 def test_projection_head_unit_norm() -> None:

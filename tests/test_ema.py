@@ -75,6 +75,8 @@ def test_buffers_follow_only_when_asked(include_buffers: bool) -> None:
     if include_buffers:
         expected = 0.5 * before["1.running_mean"] + 0.5 * bn_s.running_mean
         torch.testing.assert_close(bn_t.running_mean, expected)
+        expected_var = 0.5 * before["1.running_var"] + 0.5 * bn_s.running_var
+        torch.testing.assert_close(bn_t.running_var, expected_var)
         assert torch.equal(bn_t.num_batches_tracked, bn_s.num_batches_tracked)
     else:
         for name, buffer in teacher.named_buffers():

@@ -45,11 +45,17 @@ def test_multi_positives_without_replacement_when_class_is_big_enough() -> None:
     sampler = ContrastSampler(LABELS, P, K)
     out = sampler.sample(all_index(), gen())
     for i, row in enumerate(out.tolist()):
-        rest = row[1:P]  # slot 0 was overwritten by the anchor, which may repeat a draw
-        if LABELS[i] == 1:  # 5 members < P: drawn with replacement (pigeonhole -> repeats)
-            assert len(set(row[:P])) < P
-        else:
-            assert len(set(rest)) == P - 1
+        if LABELS[i] != 1:  # slot 0 was overwritten by the anchor, which may repeat a draw
+            assert len(set(row[1:P])) == P - 1
+
+
+def test_multi_positives_of_a_small_class_are_drawn_from_all_its_members() -> None:
+    sampler = ContrastSampler(LABELS, P, K)  # class 1 has 5 members < P: with replacement
+    anchors = torch.from_numpy(np.flatnonzero(LABELS == 1))
+    drawn = set()
+    for seed in range(20):
+        drawn.update(sampler.sample(anchors, gen(seed))[:, 1:P].flatten().tolist())
+    assert drawn == set(anchors.tolist())
 
 
 def test_sup_negatives_never_share_anchor_class() -> None:
@@ -64,10 +70,14 @@ def test_negatives_with_replacement_only_when_pool_smaller_than_k() -> None:
     sampler = ContrastSampler(LABELS, P, K, negatives="sup")
     out = sampler.sample(all_index(), gen())
     for i, row in enumerate(out[:, P:].tolist()):
-        if LABELS[i] == 0:  # pool 17 < K = 20: with replacement, so repeats by pigeonhole
-            assert len(set(row)) < K
-        else:
+        if LABELS[i] != 0:
             assert len(set(row)) == K
+    # Class 0's pool (the 17 others) is smaller than K: drawn with replacement, from all of it.
+    anchors = torch.from_numpy(np.flatnonzero(LABELS == 0))
+    drawn = set()
+    for seed in range(20):
+        drawn.update(sampler.sample(anchors, gen(seed))[:, P:].flatten().tolist())
+    assert drawn == set(np.flatnonzero(LABELS != 0).tolist())
 
 
 def test_unsup_negatives_exclude_anchor_and_cover_everything_else() -> None:
@@ -89,8 +99,14 @@ def test_unsup_with_replacement_when_pool_smaller_than_k() -> None:
     sampler = ContrastSampler(LABELS, P, num_negatives=60, negatives="unsup")
     index = all_index()
     out = sampler.sample(index, gen())
+    assert out.shape == (len(LABELS), P + 60)
     assert (out[:, P:] != index.unsqueeze(1)).all()
-    assert out[:, P:].max() < len(LABELS)
+    for anchor, row in enumerate(out[:, P:].tolist()):  # 60 draws from the 46 others
+        assert set(row) <= set(range(len(LABELS))) - {anchor}
+    drawn = set()
+    for seed in range(10):
+        drawn.update(sampler.sample(torch.tensor([7]), gen(seed))[0, P:].tolist())
+    assert drawn == set(range(len(LABELS))) - {7}
 
 
 def test_exact_mode_is_anchor_only() -> None:
@@ -108,7 +124,9 @@ def test_relax_mode_is_one_random_class_member() -> None:
     out = sampler.sample(index, gen())
     assert sampler.num_positives == 1 and out.shape == (len(LABELS), 1 + K)
     assert (LABELS_T[out[:, 0]] == LABELS_T[index]).all()
-    assert not torch.equal(out[:, 0], index)
+    drawn = torch.stack([sampler.sample(index, gen(seed))[:, 0] for seed in range(10)])
+    for anchor in range(len(LABELS)):  # a random member each time, not a fixed one
+        assert len(set(drawn[:, anchor].tolist())) > 1
 
 
 def test_generator_makes_it_reproducible() -> None:

@@ -129,7 +129,15 @@ def test_resume_equals_an_uninterrupted_run(colour_ham, tmp_path, monkeypatch):
     with pytest.raises(_Killed):
         train(config)
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    real_run_epoch, epochs_run = Trainer._run_epoch, []
+
+    def recording_run_epoch(self, epoch, state):
+        epochs_run.append(epoch)
+        return real_run_epoch(self, epoch, state)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", recording_run_epoch)
     resumed = train(config, resume=True)
+    assert epochs_run == [2]  # only the epoch the kill cut off, not a restart
 
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")

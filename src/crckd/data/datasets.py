@@ -198,8 +198,8 @@ class ImageDataset(torch.utils.data.Dataset):
         if seed is None:
             return self._item(image, index)
         # The transforms draw from torch's default CPU generator: seed it for this item and put
-        # its state back after. (torch.manual_seed would do the same at 60x the cost per image,
-        # since it also reaches every other device's generators.)
+        # its state back after. (torch.manual_seed would also reach every other device's
+        # generators, at a far higher cost per image.)
         generator = torch.default_generator
         state = generator.get_state()
         generator.manual_seed((seed * 1_000_003 + index) % 2**63)
