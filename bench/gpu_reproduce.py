@@ -2,8 +2,9 @@
 
 The schedule's epochs are scaled from the paper's 80 to `--epochs` (MT and CRP start at 25 %
 of training, the consistency ramp lasts 37.5 %); the scale issue asks that a 30-epoch CRCKD
-run fit in 8 minutes on an H100 (docs/performance.md has what was measured). Prints training images/s, the share of training time spent waiting for
-the data loader, and the test metrics, and writes JSON.
+run fit in 8 minutes on an H100 (docs/performance.md has what was measured). Prints training
+images/s, the share of training time spent waiting for the data loader, and the test metrics,
+and writes JSON.
 
     python bench/gpu_reproduce.py --data-root /data/HAM10000 --out runs/gpu
     # on the CPU, tiny (what the test suite runs):
