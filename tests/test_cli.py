@@ -1,16 +1,18 @@
 """The command line as a user meets it: errors with exit code 2, eval, predict, demo."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import make_ham_layout, write_image
 from crckd.cli import EXIT_USER_ERROR, build_parser, main
-from crckd.data import HAM10000_CLASSES
+from crckd.data import HAM10000_CLASSES, load_table
 from test_trainer import FAST, make_colour_ham
 
 
@@ -115,8 +117,7 @@ def test_eval_on_an_unseen_folder_with_split_all(trained_run, tmp_path, capsys):
 
 
 def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
-    config = (trained_run / "config.yaml").read_text()
-    root = next(line.split(": ", 1)[1] for line in config.splitlines() if "root:" in line)
+    root = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["root"]
     out = tmp_path / "eval"
     checkpoint = str(trained_run / "checkpoints" / "best.pt")
     args = ("--checkpoint", checkpoint, "--dataset", "ham10000", "--data-root", root)
@@ -128,6 +129,18 @@ def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
     train_metrics = json.loads((trained_run / "metrics.json").read_text())
     eval_metrics = json.loads((out / "metrics.json").read_text())
     assert eval_metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
+
+    # The split is read from the run's split.csv, not made again: move one test lesion to train.
+    groups = load_table("ham10000", root).frame.set_index("image_id")["group"]
+    edited = split.set_index("image_id")
+    lesion = groups[edited.index[edited["split"] == "test"][0]]
+    edited.loc[groups[groups == lesion].index, "split"] = "train"
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    edited.to_csv(copy / "split.csv")
+    copied = ("--checkpoint", str(copy / "checkpoints" / "best.pt"), *args[2:])
+    assert run_cli("eval", *copied, "--out", str(tmp_path / "eval2")) == 0
+    moved = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert moved["num_samples"] == eval_metrics["num_samples"] - int((groups == lesion).sum())
 
 
 def test_predict_writes_one_row_per_image(trained_run, tmp_path):
