@@ -6,6 +6,8 @@ The builders are plain functions so that any test can make a variant
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from crckd.cli import main
 from crckd.data import APTOS_CLASSES, HAM10000_CLASSES, ImageTable
 
 HAM_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
@@ -56,6 +59,45 @@ def make_ham_layout(
     for i, image_id in enumerate(meta["image_id"]):
         write_image(root / folders[i % len(folders)] / f"{image_id}.jpg", size, seed=i)
     return root
+
+
+FAST = [
+    "model.backbone=resnet18",
+    "data.image_size=32",
+    "train.batch_size=16",
+    "train.progress=false",
+    "method.ccd.num_negatives=32",
+    "method.ccd.num_positives=4",
+    "method.consistency.begin_epoch=1",
+    "method.crp.begin_epoch=1",
+]
+
+
+def make_colour_ham(root: Path, n_per_class: int = 12) -> Path:
+    """A HAM10000 folder whose classes differ in colour, so that a model can learn them fast."""
+    make_ham_layout(root, n_per_class=n_per_class, size=(32, 24))
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, size=(len(HAM10000_CLASSES), 3))
+    for i, (image_id, dx) in enumerate(zip(meta["image_id"], meta["dx"], strict=True)):
+        colour = palette[HAM10000_CLASSES.index(dx)]
+        noise = rng.integers(-20, 21, size=(24, 32, 3))
+        pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+        folder = "HAM10000_images_part_1" if i % 2 == 0 else "HAM10000_images_part_2"
+        Image.fromarray(pixels).save(root / folder / f"{image_id}.jpg")
+    return root
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A valid PNG that claims `width` x `height` pixels but holds no image data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
 
 
 def make_aptos_layout(
@@ -131,3 +173,15 @@ def ham_root(tmp_path: Path) -> Path:
 def aptos_root(tmp_path: Path) -> Path:
     """A tiny APTOS folder (3 images per grade, .png and .jpg mixed)."""
     return make_aptos_layout(tmp_path / "aptos")
+
+
+@pytest.fixture(scope="session")
+def ce_run(tmp_path_factory) -> Path:
+    """The run folder of one short `ce` run on a colour HAM folder (`crckd train`, FAST, 1 epoch).
+
+    Shared by every test that needs a trained checkpoint; tests must not change it (copy it).
+    """
+    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
+    out = tmp_path_factory.mktemp("runs") / "ce"
+    assert main(["train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST]) == 0
+    return out

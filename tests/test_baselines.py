@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import FAST, make_colour_ham
 from crckd.config import load_config
 from crckd.engine import train
 from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method
 from crckd.models import build_model
-from test_trainer import FAST, make_colour_ham
 
 METHODS = [spec.name for spec in available_methods()]
 TEACHER_METHODS = [name for name in METHODS if name != "ce"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_trainer import make_colour_ham
+from conftest import make_colour_ham
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_ham_layout, write_image
+from conftest import FAST, make_colour_ham, make_ham_layout, write_image
 from crckd.config import load_config
 from crckd.data import eval_transform, load_table, open_rgb
 from crckd.data.cache import DecodedImages
 from crckd.engine import train
-from test_trainer import FAST, make_colour_ham
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """`check_dataset` and `crckd check-data`: every problem of a dataset reported at once."""
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,24 +8,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import make_ham_layout, make_imagefolder_layout, write_image
+from conftest import make_ham_layout, make_imagefolder_layout, png_header, write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import PIXEL_LIMIT_ENV, check_dataset, load_table, make_split, open_rgb, save_split
 from crckd.errors import DataError
 
 META = "HAM10000_metadata.csv"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A valid PNG that claims `width` x `height` pixels but holds no image data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
 
 
 def image_path(root: Path, image_id: str) -> Path:

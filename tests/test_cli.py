@@ -4,30 +4,18 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_ham_layout, write_image
+from conftest import FAST, make_ham_layout, write_image
 from crckd.cli import EXIT_USER_ERROR, build_parser, main
 from crckd.data import HAM10000_CLASSES, load_table
-from test_trainer import FAST, make_colour_ham
 
 
 def run_cli(*args: str) -> int:
     return main(list(args))
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """One short `ce` run shared by the eval and predict tests."""
-    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
-    out = tmp_path_factory.mktemp("runs") / "ce"
-    code = run_cli("train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST)
-    assert code == 0
-    return out
 
 
 def test_every_subcommand_has_help():
@@ -93,13 +81,13 @@ def test_label_outside_the_class_list_exits_2(tmp_path, capsys, ham_root):
     assert "melanoma" in err
 
 
-def test_eval_on_an_unseen_folder_with_split_all(trained_run, tmp_path, capsys):
+def test_eval_on_an_unseen_folder_with_split_all(ce_run, tmp_path, capsys):
     other = make_ham_layout(tmp_path / "unseen", n_per_class=2, size=(24, 18))
     out = tmp_path / "eval"
     code = run_cli(
         "eval",
         "--checkpoint",
-        str(trained_run / "checkpoints" / "best.pt"),
+        str(ce_run / "checkpoints" / "best.pt"),
         "--dataset",
         "ham10000",
         "--data-root",
@@ -116,17 +104,17 @@ def test_eval_on_an_unseen_folder_with_split_all(trained_run, tmp_path, capsys):
     assert "balanced_accuracy" in capsys.readouterr().out
 
 
-def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
-    root = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["root"]
+def test_eval_test_split_reuses_the_runs_split(ce_run, tmp_path):
+    root = yaml.safe_load((ce_run / "config.yaml").read_text())["data"]["root"]
     out = tmp_path / "eval"
-    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+    checkpoint = str(ce_run / "checkpoints" / "best.pt")
     args = ("--checkpoint", checkpoint, "--dataset", "ham10000", "--data-root", root)
     assert run_cli("eval", *args, "--out", str(out)) == 0
-    split = pd.read_csv(trained_run / "split.csv")
+    split = pd.read_csv(ce_run / "split.csv")
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == int(
         (split["split"] == "test").sum()
     )
-    train_metrics = json.loads((trained_run / "metrics.json").read_text())
+    train_metrics = json.loads((ce_run / "metrics.json").read_text())
     eval_metrics = json.loads((out / "metrics.json").read_text())
     assert eval_metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
 
@@ -135,7 +123,7 @@ def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
     edited = split.set_index("image_id")
     lesion = groups[edited.index[edited["split"] == "test"][0]]
     edited.loc[groups[groups == lesion].index, "split"] = "train"
-    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    copy = shutil.copytree(ce_run, tmp_path / "copy")
     edited.to_csv(copy / "split.csv")
     copied = ("--checkpoint", str(copy / "checkpoints" / "best.pt"), *args[2:])
     assert run_cli("eval", *copied, "--out", str(tmp_path / "eval2")) == 0
@@ -143,14 +131,14 @@ def test_eval_test_split_reuses_the_runs_split(trained_run, tmp_path):
     assert moved["num_samples"] == eval_metrics["num_samples"] - int((groups == lesion).sum())
 
 
-def test_predict_writes_one_row_per_image(trained_run, tmp_path):
+def test_predict_writes_one_row_per_image(ce_run, tmp_path):
     images = tmp_path / "images"
     for i in range(3):
         write_image(images / f"a{i}.jpg", size=(40, 30), seed=i)
     write_image(images / "nested" / "b.png", seed=9)
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "preds.csv"
-    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+    checkpoint = str(ce_run / "checkpoints" / "best.pt")
     assert run_cli("predict", "--checkpoint", checkpoint, "--out", str(out), str(images)) == 0
     preds = pd.read_csv(out)
     assert len(preds) == 4
@@ -161,8 +149,8 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
     assert list(preds["predicted"]) == [HAM10000_CLASSES[i] for i in top]
 
 
-def test_predict_on_a_missing_path_exits_2(trained_run, tmp_path, capsys):
-    checkpoint = str(trained_run / "checkpoints" / "best.pt")
+def test_predict_on_a_missing_path_exits_2(ce_run, tmp_path, capsys):
+    checkpoint = str(ce_run / "checkpoints" / "best.pt")
     code = run_cli("predict", "--checkpoint", checkpoint, "--out", str(tmp_path / "p.csv"), "nope")
     assert code == EXIT_USER_ERROR
     assert "nope" in capsys.readouterr().err

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import FAST, make_colour_ham
 from crckd.cli import main
 from crckd.engine.compare import markdown_table, plan_runs, summarize
-from test_trainer import FAST, make_colour_ham
 
 
 def test_plan_covers_methods_seeds_and_folds():

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import make_colour_ham
 from crckd.config import load_config
 from crckd.engine.distributed import convert_sync_batchnorm
 from crckd.methods import MethodContext, get_method
 from crckd.models import build_model
-from test_trainer import make_colour_ham
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # A BatchNorm-free backbone (LayerNorm): then a 2-rank step is mathematically the

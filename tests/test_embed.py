@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FAST, make_colour_ham
 from crckd.cli import main
 from crckd.engine import load_checkpoint, load_student, save_checkpoint
 from crckd.engine.embed import (
@@ -19,7 +20,6 @@ from crckd.engine.embed import (
     intra_class_cosine,
     load_teacher,
 )
-from test_trainer import FAST, make_colour_ham
 
 # Two classes in 2-D, mean (0, 0), shifted by an offset that centring must remove.
 # Unit vectors: class 0 -> (1, 0), (1, 0); class 1 -> (-1, 1)/sqrt(2), (-2, -1)/sqrt(5);

@@ -12,17 +12,12 @@ from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import HAM10000_CLASSES
 from crckd.engine.explain import default_layer, explain_images, resolve_layer
 from crckd.models import build_model
-from test_trainer import FAST, make_colour_ham
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """best.pt of one short `ce` run (32 px: resnet18's layer4 map is 1 x 1, layer3's 2 x 2)."""
-    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
-    out = tmp_path_factory.mktemp("runs") / "ce"
-    args = [f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST]
-    assert main(["train", *args]) == 0
-    return out / "checkpoints" / "best.pt"
+def checkpoint(ce_run) -> Path:
+    """best.pt of the shared `ce` run (32 px: resnet18's layer4 map is 1 x 1, layer3's 2 x 2)."""
+    return ce_run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture

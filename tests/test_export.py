@@ -15,7 +15,6 @@ from crckd.engine import export as export_module
 from crckd.engine import load_student
 from crckd.engine.export import ParityError, card_path, export_student, training_data
 from crckd.engine.metrics import SCALAR_METRICS
-from test_trainer import FAST, make_colour_ham
 
 SAMPLE_IMAGES = sorted(list_images([sample_root()]))[:24]
 CARD_KEYS = {
@@ -35,33 +34,24 @@ CARD_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """One short `ce` run."""
-    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
-    out = tmp_path_factory.mktemp("runs") / "ce"
-    assert main(["train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def onnx_model(run_dir, tmp_path_factory) -> Path:
+def onnx_model(ce_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "student.onnx"
-    args = ["--checkpoint", str(run_dir / "checkpoints" / "best.pt"), "--out", str(out)]
+    args = ["--checkpoint", str(ce_run / "checkpoints" / "best.pt"), "--out", str(out)]
     assert main(["export", *args, "--format", "onnx", "--max-images", "24"]) == 0
     return out
 
 
-def torch_probs(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def torch_probs(ce_run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities of best.pt on the sample images, computed here, and the input batch."""
-    student = load_student(run_dir / "checkpoints" / "best.pt")
+    student = load_student(ce_run / "checkpoints" / "best.pt")
     transform = eval_transform(student.image_size, student.normalization)
     batch = torch.stack([transform(open_rgb(p)) for p in SAMPLE_IMAGES])
     with torch.no_grad():
         return torch.softmax(student.model(batch).logits, dim=1).numpy(), batch.numpy()
 
 
-def test_onnx_matches_pytorch_on_the_sample_images(run_dir, onnx_model):
-    expected, batch = torch_probs(run_dir)
+def test_onnx_matches_pytorch_on_the_sample_images(ce_run, onnx_model):
+    expected, batch = torch_probs(ce_run)
     session = onnxruntime.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": batch})[0]
     assert got.shape == expected.shape
@@ -71,12 +61,12 @@ def test_onnx_matches_pytorch_on_the_sample_images(run_dir, onnx_model):
     assert np.abs(single - expected[:1]).max() <= 1e-4
 
 
-def test_the_model_card_has_what_a_user_needs(run_dir, onnx_model):
+def test_the_model_card_has_what_a_user_needs(ce_run, onnx_model):
     card = json.loads(card_path(onnx_model).read_text())
     assert set(card) >= CARD_KEYS
     assert card["model_file"] == "student.onnx" and card["model_format"] == "onnx"
     assert card["output"]["kind"] == "probabilities"
-    student = load_student(run_dir / "checkpoints" / "best.pt")
+    student = load_student(ce_run / "checkpoints" / "best.pt")
     assert card["classes"] == list(student.classes)
     assert card["image_size"] == student.image_size
     assert card["normalization"] == {
@@ -85,23 +75,23 @@ def test_the_model_card_has_what_a_user_needs(run_dir, onnx_model):
     }
     assert card["training_data"]["licence"].startswith("CC BY-NC-SA 4.0")
     assert "Tschandl" in card["training_data"]["citation"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((ce_run / "metrics.json").read_text())
     for key in SCALAR_METRICS:
         assert card["test_metrics"][key] == metrics[key]
     assert card["parity"]["num_images"] == 24 and card["parity"]["max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_torchscript_matches_pytorch_and_names_no_metrics_for_last_pt(run_dir, tmp_path):
+def test_torchscript_matches_pytorch_and_names_no_metrics_for_last_pt(ce_run, tmp_path):
     result = export_student(
-        run_dir / "checkpoints" / "last.pt",
+        ce_run / "checkpoints" / "last.pt",
         tmp_path / "student.pt",
         fmt="torchscript",
         images=SAMPLE_IMAGES,
         progress=False,
     )
     assert result.max_abs_diff <= 1e-4 and result.num_images == len(SAMPLE_IMAGES)
-    expected, batch = torch_probs(run_dir)  # best.pt == last.pt after one epoch
+    expected, batch = torch_probs(ce_run)  # best.pt == last.pt after one epoch
     module = torch.jit.load(str(result.model))
     with torch.no_grad():
         got = module(torch.from_numpy(batch)).numpy()
@@ -111,9 +101,9 @@ def test_torchscript_matches_pytorch_and_names_no_metrics_for_last_pt(run_dir, t
     assert card["test_metrics"] is None  # metrics.json describes best.pt, not last.pt
 
 
-def test_predict_with_the_onnx_model_matches_the_checkpoint(run_dir, onnx_model, tmp_path):
+def test_predict_with_the_onnx_model_matches_the_checkpoint(ce_run, onnx_model, tmp_path):
     images = [str(p) for p in SAMPLE_IMAGES]
-    checkpoint = str(run_dir / "checkpoints" / "best.pt")
+    checkpoint = str(ce_run / "checkpoints" / "best.pt")
     a_csv, b_csv = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
     assert main(["predict", "--checkpoint", checkpoint, "--out", a_csv, *images]) == 0
     assert (
@@ -135,7 +125,7 @@ def test_an_onnx_model_without_its_card_exits_2(onnx_model, tmp_path, capsys):
     assert "lonely.onnx.card.json" in capsys.readouterr().err
 
 
-def test_a_parity_failure_writes_no_model(run_dir, tmp_path, monkeypatch):
+def test_a_parity_failure_writes_no_model(ce_run, tmp_path, monkeypatch):
     real_runner = export_module._runner
 
     def off_by_a_little(path, fmt):
@@ -145,7 +135,7 @@ def test_a_parity_failure_writes_no_model(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "_runner", off_by_a_little)
     with pytest.raises(ParityError, match=r"1\.00e-03"):
         export_student(
-            run_dir / "checkpoints" / "best.pt",
+            ce_run / "checkpoints" / "best.pt",
             tmp_path / "student.pt",
             fmt="torchscript",
             images=SAMPLE_IMAGES[:4],

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import make_colour_ham
 from crckd.engine import load_checkpoint
 from crckd.engine.trainer import TIMING_COLUMNS
-from test_trainer import make_colour_ham
 
 ARGS = [
     "model.backbone=resnet18",

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import write_image
+from conftest import make_colour_ham, png_header, write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.config import config_to_dict, load_config
 from crckd.data import list_images
@@ -24,8 +24,6 @@ from crckd.engine.run_folder import atomic_write_text
 from crckd.errors import DataError, RunFolderError
 from crckd.methods import get_method
 from crckd.models import build_model
-from test_check_data import png_header
-from test_trainer import make_colour_ham
 
 TINY = [
     "model.backbone=test_resnet",

@@ -19,22 +19,12 @@ from crckd.engine.report import (
     reliability_bins,
     write_report,
 )
-from test_trainer import FAST, make_colour_ham
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """One short `ce` run."""
-    root = make_colour_ham(tmp_path_factory.mktemp("data") / "ham")
-    out = tmp_path_factory.mktemp("runs") / "ce"
-    assert main(["train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def report(run_dir, tmp_path_factory):
+def report(ce_run, tmp_path_factory):
     """The report of that run, written once."""
-    return write_report([run_dir], tmp_path_factory.mktemp("report"), progress=False)
+    return write_report([ce_run], tmp_path_factory.mktemp("report"), progress=False)
 
 
 class _Images(HTMLParser):
@@ -85,7 +75,7 @@ def test_perfectly_calibrated_one_hot_predictions_have_zero_ece():
     assert expected_calibration_error(probs, np.array([0, 1, 2, 1])) == 0
 
 
-def test_one_run_report_shows_every_png_it_wrote(run_dir, report):
+def test_one_run_report_shows_every_png_it_wrote(ce_run, report):
     result, out = report, report.index.parent
     assert result.index.name == "index.html" and result.notes == []
     page = page_references(result.index)
@@ -107,9 +97,9 @@ def test_one_run_report_shows_every_png_it_wrote(run_dir, report):
     text = result.index.read_text(encoding="utf-8")
     for name in HAM10000_CLASSES:
         assert f"<td>{name}</td>" in text
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((ce_run / "metrics.json").read_text())
     assert f"{metrics['balanced_accuracy']:.4f}" in text
-    run = load_run(run_dir, "ce", progress=False)
+    run = load_run(ce_run, "ce", progress=False)
     ece = expected_calibration_error(run.probs, run.labels)
     shown = re.search(r"ECE \(top-1, 15 bins\)</th>\s*<td>([\d.]+)</td>", text)
     assert float(shown.group(1)) == pytest.approx(ece, abs=5e-5)
@@ -120,10 +110,10 @@ def test_one_run_report_shows_every_png_it_wrote(run_dir, report):
     )
 
 
-def test_several_runs_are_compared_side_by_side(run_dir, tmp_path):
-    other = shutil.copytree(run_dir, tmp_path / "ce_copy")
+def test_several_runs_are_compared_side_by_side(ce_run, tmp_path):
+    other = shutil.copytree(ce_run, tmp_path / "ce_copy")
     out = tmp_path / "compare"
-    assert main(["report", str(run_dir), str(other), "--out", str(out)]) == 0
+    assert main(["report", str(ce_run), str(other), "--out", str(out)]) == 0
     page = page_references(out / "index.html")
     assert "compare-validation.png" in page.sources
     assert {"run0-roc.png", "run1-roc.png"} <= set(page.sources)
@@ -132,13 +122,13 @@ def test_several_runs_are_compared_side_by_side(run_dir, tmp_path):
     assert "<th>ce</th>" in text and "<th>ce_copy</th>" in text
 
 
-def test_several_runs_without_out_exit_2(run_dir, capsys):
-    assert main(["report", str(run_dir), str(run_dir)]) == EXIT_USER_ERROR
+def test_several_runs_without_out_exit_2(ce_run, capsys):
+    assert main(["report", str(ce_run), str(ce_run)]) == EXIT_USER_ERROR
     assert "--out" in capsys.readouterr().err
 
 
-def test_missing_test_images_leave_roc_and_calibration_out(run_dir, tmp_path, capsys):
-    run = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("last.pt"))
+def test_missing_test_images_leave_roc_and_calibration_out(ce_run, tmp_path, capsys):
+    run = shutil.copytree(ce_run, tmp_path / "run", ignore=shutil.ignore_patterns("last.pt"))
     out = run / "report"  # the default output folder, with figures of an earlier report
     out.mkdir()
     (out / "run7-roc.png").write_bytes(b"stale")

@@ -7,41 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-from conftest import make_ham_layout
+from conftest import FAST, make_colour_ham
 from crckd.config import load_config
 from crckd.data import HAM10000_CLASSES
 from crckd.engine import Trainer, load_checkpoint, train
 from crckd.engine import trainer as trainer_module
 from crckd.engine.trainer import TIMING_COLUMNS
 from crckd.errors import ConfigError, NumericalError, RunFolderError
-
-FAST = [
-    "model.backbone=resnet18",
-    "data.image_size=32",
-    "train.batch_size=16",
-    "train.progress=false",
-    "method.ccd.num_negatives=32",
-    "method.ccd.num_positives=4",
-    "method.consistency.begin_epoch=1",
-    "method.crp.begin_epoch=1",
-]
-
-
-def make_colour_ham(root: Path, n_per_class: int = 12) -> Path:
-    """A HAM10000 folder whose classes differ in colour, so that a model can learn them fast."""
-    make_ham_layout(root, n_per_class=n_per_class, size=(32, 24))
-    meta = pd.read_csv(root / "HAM10000_metadata.csv")
-    rng = np.random.default_rng(0)
-    palette = rng.integers(0, 256, size=(len(HAM10000_CLASSES), 3))
-    for i, (image_id, dx) in enumerate(zip(meta["image_id"], meta["dx"], strict=True)):
-        colour = palette[HAM10000_CLASSES.index(dx)]
-        noise = rng.integers(-20, 21, size=(24, 32, 3))
-        pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
-        folder = "HAM10000_images_part_1" if i % 2 == 0 else "HAM10000_images_part_2"
-        Image.fromarray(pixels).save(root / folder / f"{image_id}.jpg")
-    return root
 
 
 @pytest.fixture(scope="module")
