@@ -37,22 +37,27 @@ def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def writing(run: Path) -> Callable[[], bool]:
-    """True while a checkpoint is being written (its temporary file exists)."""
-    return lambda: any((run / "checkpoints").glob(".*.tmp"))
+def modified(path: Path) -> float:
+    """Modification time of `path`, 0 when it does not exist (any more)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def writing(run: Path, since: float) -> Callable[[], bool]:
+    """True while a checkpoint is being written since `since` (its temporary file exists).
+
+    Older temporary files are the leftovers of a killed process, which a resumed run deletes
+    only once it has started: they must not count.
+    """
+    return lambda: any(modified(p) > since for p in (run / "checkpoints").glob(".*.tmp"))
 
 
 def training(run: Path, since: float) -> Callable[[], bool]:
     """True once this process has begun writing a checkpoint, i.e. it is well into training."""
-
-    def modified(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except FileNotFoundError:
-            return 0.0
-
     checkpoints = [run / "checkpoints" / name for name in ("best.pt", "last.pt")]
-    return lambda: writing(run)() or any(modified(p) > since for p in checkpoints)
+    return lambda: writing(run, since)() or any(modified(p) > since for p in checkpoints)
 
 
 def kill_when(process: subprocess.Popen, condition: Callable[[], bool], delay: float) -> bool:
@@ -97,16 +102,19 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         args = ["--resume", str(run)] if resume else [f"data.root={root}", f"output_dir={run}"]
         process = start(*args, *ARGS)
         if plan == "writing":
-            killed = kill_when(process, writing(run), 0.0)
+            killed = kill_when(process, writing(run, since), 0.0)
         else:
             killed = kill_when(process, training(run, since), rng.uniform(0.0, 0.8))
         if not killed:
             break
-        kills.append(f"{plan}{' (resumed)' if resume else ''}")
+        # A kill that landed inside a write leaves the temporary file behind.
+        inside = " inside a write" if writing(run, since)() else ""
+        kills.append(f"{plan}{inside}{' (resumed)' if resume else ''}")
     note = f"seed {seed}, kills: {kills}"
     finished = start("--resume", str(run), *ARGS)
     assert finished.wait() == 0, finished.stderr.read() + note
     assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
     assert len(kills) >= 3, note
+    assert any("writing inside a write" in kill for kill in kills), note
     assert not list(run.rglob("*.tmp")), note
     assert_same_run(run, reference, note)

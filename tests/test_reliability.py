@@ -236,13 +236,22 @@ def test_an_earlier_run_is_kept_without_overwrite_and_cleared_with_it(data_root,
     assert not any((out / "checkpoints").iterdir())
 
 
-def test_resume_cleans_temporary_files_and_restarts_a_run_without_checkpoint(tmp_path):
-    out = fake_run(tmp_path / "run")
-    (out / "checkpoints" / "last.pt").unlink()
+def test_resume_cleans_temporary_files_and_restarts_a_run_without_checkpoint(data_root, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(data_root, out, "train.deterministic=true")
+    assert main(["train", *args]) == 0
+    finished = {name: (out / name).read_text() for name in ("metrics.json", "per_class.csv")}
+    last_epoch = load_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
+    # As if killed during the first epoch: the run's files are there, no checkpoint yet, and a
+    # half-written one.
+    for leftover in [*(out / "checkpoints").iterdir(), out / "epochs.csv", out / "metrics.json"]:
+        leftover.unlink()
     stale = out / "checkpoints" / ".last.pt.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    RunFolder(out).prepare(resume=True, overwrite=False)
+    assert main(["train", "--resume", str(out)]) == 0
     assert not stale.exists()
+    assert {name: (out / name).read_text() for name in finished} == finished
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == last_epoch
     with pytest.raises(RunFolderError, match="nothing to resume"):
         RunFolder(tmp_path / "empty").prepare(resume=True, overwrite=False)
 
