@@ -6,7 +6,7 @@ import yaml
 
 from conftest import FAST, make_colour_ham
 from crckd.cli import main
-from crckd.engine.compare import markdown_table, plan_runs, summarize
+from crckd.engine.compare import bar_chart, markdown_table, plan_runs, summarize
 
 
 def test_plan_covers_methods_seeds_and_folds():
@@ -16,6 +16,24 @@ def test_plan_covers_methods_seeds_and_folds():
     assert {(r.method, r.seed, r.fold) for r in plan} == {
         (m, s, f) for m in ("ce", "crckd") for s in (0, 1) for f in (1, 2)
     }
+
+
+def test_bar_chart_shows_every_bar_including_a_negative_kappa(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "b"],
+            "balanced_accuracy": [0.5, 0.7, 0.8, 0.9],
+            "kappa": [-0.3, -0.1, 0.1, 0.1],
+        }
+    )
+    summary = summarize(frame, metrics=["balanced_accuracy", "kappa"])
+    fig = bar_chart(summary, tmp_path / "chart.png", metrics=["balanced_accuracy", "kappa"])
+    (ax,) = fig.axes
+    bottom, top = ax.get_ylim()
+    kappa_a = summary.loc["a", ("kappa", "mean")] - summary.loc["a", ("kappa", "std")]
+    assert bottom <= kappa_a < 0 and top > 0.9
+    assert len(ax.patches) == 4
+    assert (tmp_path / "chart.png").stat().st_size > 0
 
 
 def test_summary_marks_the_best_mean_in_bold():

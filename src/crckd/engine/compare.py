@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from crckd.config import build_config, deep_merge
 from crckd.engine.metrics import SCALAR_METRICS
+from crckd.engine.report import new_figure
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.engine.trainer import train
 
@@ -116,12 +117,12 @@ def markdown_table(summary: pd.DataFrame, metrics: Sequence[str] = SCALAR_METRIC
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(summary: pd.DataFrame, path: Path, metrics: Sequence[str] = CHART_METRICS) -> None:
-    """Grouped bars of the mean of each metric per method, with the std as error bars."""
+def bar_chart(summary: pd.DataFrame, path: Path, metrics: Sequence[str] = CHART_METRICS) -> Figure:
+    """Grouped bars of the mean of each metric per method, with the std as error bars; saved
+    to `path` and returned."""
     methods = list(summary.index)
     width = 0.8 / len(metrics)
-    fig = Figure(figsize=(max(6, 1.2 * len(methods)), 4))
-    ax = fig.subplots()
+    fig, ((ax,),) = new_figure(max(6, 1.2 * len(methods)), 4)
     for i, metric in enumerate(metrics):
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(methods))]
         ax.bar(
@@ -134,10 +135,11 @@ def bar_chart(summary: pd.DataFrame, path: Path, metrics: Sequence[str] = CHART_
         )
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     ax.set_ylabel("test score (mean ± std over runs)")
-    ax.set_ylim(0, 1.15)  # room for the legend above the bars
+    lowest = min((summary[(m, "mean")] - summary[(m, "std")].fillna(0)).min() for m in metrics)
+    ax.set_ylim(min(0.0, lowest), 1.15)  # kappa can be negative; room for the legend above
     ax.legend(fontsize="small", ncol=len(metrics), loc="upper center")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def write_comparison(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
