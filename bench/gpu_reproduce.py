@@ -100,28 +100,28 @@ def main() -> None:
     if args.pretrained in ("false", "true"):
         args.pretrained = args.pretrained == "true"
 
-    results = {}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    report = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "device": device,
+        "torch": torch.__version__,
+        "results": {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
     for method in args.methods:
         config = build_config(run_config(args, method), source="gpu_reproduce")
         started = time.perf_counter()
         result = train(config, overwrite=True)
-        results[method] = summarize_run(result.run_dir, time.perf_counter() - started)
-        row = results[method]
+        row = summarize_run(result.run_dir, time.perf_counter() - started)
+        report["results"][method] = row
+        # Written after every method, so a run cut off later keeps the finished ones.
+        (args.out / "gpu_reproduce.json").write_text(json.dumps(report, indent=2) + "\n")
         print(
             f"{method}: {row['train_images_per_second']:.0f} train images/s "
             f"({row['data_wait_fraction']:.0%} of it waiting for data), "
             f"{row['wall_seconds']:.0f} s wall, test balanced accuracy "
             f"{row['test']['balanced_accuracy']:.3f}, AUC {row['test']['auc_macro']:.3f}"
         )
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
-    report = {
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "device": device,
-        "torch": torch.__version__,
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_reproduce.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

@@ -39,6 +39,23 @@ def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_reproduce_keeps_the_finished_methods_when_a_later_one_fails(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "gpu_reproduce.py"),
+        "--data-root", str(root), "--epochs", "1", "--image-size", "32",
+        "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
+        "--device", "cpu", "--methods", "ce", "no_such_method", "--out", str(out),
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode != 0
+    assert "no_such_method" in finished.stderr
+    assert set(json.loads((out / "gpu_reproduce.json").read_text())["results"]) == {"ce"}
+
+
+@pytest.mark.slow
 def test_step_overhead_writes_json(tmp_path):
     out = tmp_path / "step.json"
     command = [
