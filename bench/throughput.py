@@ -37,7 +37,8 @@ from crckd.models import input_normalization
 
 def plain_loop(config) -> float:
     """Images/s of one epoch of a plain timm + CE + Adam loop on the training split, fed by
-    the same loader (and cache) as crckd, so that the difference is crckd's own overhead."""
+    the same images, augmentation and cache as crckd, but the usual float loader (normalised in
+    the loading process, where the trainer normalises uint8 batches on the device)."""
     data = prepare_data(config)
     model = timm.create_model(config.model.backbone, num_classes=len(data.classes))
     if config.train.channels_last:

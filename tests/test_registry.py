@@ -1,5 +1,9 @@
 """The method registry and `crckd methods`."""
 
+import os
+import subprocess
+import sys
+
 from crckd.cli import main
 from crckd.methods import available_methods, get_method
 from crckd.methods.crckd import CRCKD
@@ -20,5 +24,20 @@ def test_ablations_share_the_crckd_class_with_other_defaults():
 def test_methods_command_lists_every_method(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
+    assert "defaults: method.distill.kd_weight=0.9 method.distill.ce_weight=0.1" in out
+    assert "defaults: method.crp.weight=0.0" in out  # mt+ccd
     for spec in available_methods():
         assert spec.name in out
+
+
+def test_methods_into_a_closed_pipe_exits_quietly():
+    reader, writer = os.pipe()
+    os.close(reader)  # like `crckd methods | head` after head has stopped reading
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "crckd", "methods"], stdout=writer, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 141
+    assert done.stderr == b""

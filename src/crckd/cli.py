@@ -100,12 +100,17 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
+    from crckd.config import flat_settings
     from crckd.methods import available_methods
 
     specs = available_methods()
     width = max(len(spec.name) for spec in specs)
     for spec in specs:
         print(f"{spec.name:<{width}}  {spec.summary}\n{'':<{width}}  [{spec.reference}]")
+        if spec.defaults:
+            settings = flat_settings(spec.defaults, prefix="method.")
+            listed = " ".join(f"{key}={value}" for key, value in settings.items())
+            print(f"{'':<{width}}  defaults: {listed}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write OUT/report/index.html")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("methods", help="list the registered methods and their papers")
+    p = sub.add_parser(
+        "methods", help="list the registered methods, their papers and default settings"
+    )
     p.set_defaults(func=_cmd_methods)
     add_result_commands(sub)
     add_check_commands(sub)
@@ -184,12 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a broken pipe shows here, not as an error at interpreter exit
     except CrckdError as exc:
         print(f"crckd: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("crckd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, as a shell reports it
     return 0
 
 
