@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.distributed as dist
 
 from conftest import make_colour_ham
 from crckd.config import load_config
-from crckd.engine.distributed import convert_sync_batchnorm
-from crckd.methods import MethodContext, get_method
+from crckd.engine.distributed import convert_sync_batchnorm, wrap_trainable
+from crckd.methods import MethodContext, available_methods, get_method
 from crckd.models import build_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -57,9 +58,14 @@ def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
         dump = out / f"rank{rank}.pt"
         command = [sys.executable, str(WORKER), str(dump), *overrides]
         procs.append((subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True), dump))
-    for proc, _ in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    try:
+        for proc, _ in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+    finally:  # a failed rank leaves the others blocked in a collective: stop them
+        for proc, _ in procs:
+            proc.kill()
+            proc.wait()
     return [torch.load(dump, weights_only=True) for _, dump in procs]
 
 
@@ -110,3 +116,41 @@ def test_sync_batchnorm_converts_the_trained_modules_only_and_keeps_their_tensor
     assert all(after[key] is before[key] for key in before)  # the very same tensors
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in method.trainable_parameters()} == trained
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-process gloo group in this process, so that DDP wrappers can be built."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in available_methods()])
+def test_every_method_trains_a_step_with_its_modules_wrapped_in_ddp(name, one_rank_group):
+    config = load_config(
+        overrides=[
+            f"method.name={name}",
+            "method.ccd.num_negatives=8",
+            "method.ccd.num_positives=2",
+        ]
+    )
+    context = MethodContext(3, torch.arange(12) % 3, torch.ones(3), epochs=2, image_size=32)
+    torch.manual_seed(0)
+    method = get_method(name).cls(build_model("resnet18", 3), config.method, context)
+    wrapped = wrap_trainable(method, torch.device("cpu"))
+    assert "student" in wrapped and "teacher" not in wrapped
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "image2": torch.randn(4, 3, 32, 32),
+        "label": torch.tensor([0, 1, 2, 0]),
+        "index": torch.arange(4),
+    }
+    weights = method.loss_weights(100)  # every term on
+    terms = method.train().training_losses(batch, 100)
+    sum(weights[k] * v for k, v in terms.items() if weights[k]).backward()
+    method.after_step(0)
+    assert {k for k, w in weights.items() if w} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())

@@ -85,6 +85,8 @@ class Distiller(TeacherMethod, abc.ABC):
             try:
                 terms[self.term] = self.distill_loss(student, teacher, batch)
             except TypeError as exc:
+                if "unexpected keyword argument" not in str(exc):
+                    raise  # a bug, not a setting: keep its traceback
                 raise ConfigError(f"method.distill.params: {exc}") from None
         return terms
 
@@ -238,12 +240,19 @@ class VariationalInformation(Distiller):
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         super().__init__(student, config, context)
-        self.estimators = nn.ModuleList(
+        self.estimators = _VIDEstimators(
             VIDLoss(s, t, t, **self.loss_params())
             for s, t in self.feature_channels(context.image_size)
         )
 
     def distill_loss(self, student, teacher, batch):
-        pairs = zip(self.student_tap.features(), self.teacher_tap.features(), strict=True)
-        losses = [vid(s, t) for vid, (s, t) in zip(self.estimators, pairs, strict=True)]
-        return torch.stack(losses).sum()
+        return self.estimators(self.student_tap.features(), self.teacher_tap.features())
+
+
+class _VIDEstimators(nn.ModuleList):
+    """VID's per-layer estimators called as one module: DDP wraps modules by their forward
+    (a wrapped plain ModuleList could not be iterated), and averages their gradients."""
+
+    def forward(self, student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
+        pairs = zip(self, student_maps, teacher_maps, strict=True)
+        return torch.stack([vid(s, t) for vid, s, t in pairs]).sum()
