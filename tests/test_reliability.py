@@ -295,6 +295,23 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(
     assert (out / "data_check.json").is_file()  # the check ran again and was written
 
 
+def test_resume_refuses_a_run_whose_epochs_had_another_number_of_steps(
+    data_root, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args(data_root, out)]) == 0
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    steps = checkpoint["layout"]["steps_per_epoch"]
+    assert checkpoint["layout"] == {"world_size": 1, "steps_per_epoch": steps}
+    assert checkpoint["progress"]["step"] == steps  # one epoch
+    # As if trained by 2 processes, whose epochs dropped the short last batch.
+    checkpoint["layout"] = {"world_size": 2, "steps_per_epoch": steps - 1}
+    save_checkpoint(checkpoint, out / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(out)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"2 process(es), {steps - 1} steps per epoch; with 1 an epoch has {steps}" in err
+
+
 # --- hostile inputs ----------------------------------------------------------------------------
 
 

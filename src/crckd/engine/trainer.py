@@ -456,10 +456,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "progress": {k: state[k] for k in ("epoch", "step", "best_score", "best_epoch")},
             "history": state["history"],
+            "layout": {"world_size": self.dist.world_size, "steps_per_epoch": self.steps_per_epoch},
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         self._check_resumable(checkpoint["config"])
+        self._check_layout(checkpoint.get("layout"))
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -489,6 +491,19 @@ class Trainer:
                 f"{self.run.last_checkpoint}: {details}. Start a new run to change them; only "
                 f"{', '.join(sorted(RESUMABLE_SETTINGS))} may change on resume"
             )
+
+    def _check_layout(self, saved: dict[str, int] | None) -> None:
+        """Refuse to resume where an epoch has a different number of steps: the learning-rate
+        schedule was laid out for the saved count. The number of processes can change it
+        (a short last batch is kept only if every rank gets 2 or more of its images)."""
+        if saved is None or saved["steps_per_epoch"] == self.steps_per_epoch:
+            return
+        raise ConfigError(
+            f"{self.run.last_checkpoint} was trained with {saved['world_size']} process(es), "
+            f"{saved['steps_per_epoch']} steps per epoch; with {self.dist.world_size} an epoch "
+            f"has {self.steps_per_epoch}, which its learning-rate schedule does not fit. Resume "
+            f"it with {saved['world_size']} process(es)"
+        )
 
     def _finish(self, state: dict[str, Any]) -> RunResult:
         best = load_checkpoint(self.run.best_checkpoint)
