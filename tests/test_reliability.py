@@ -295,9 +295,7 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(
     assert (out / "data_check.json").is_file()  # the check ran again and was written
 
 
-def test_resume_refuses_a_run_whose_epochs_had_another_number_of_steps(
-    data_root, tmp_path, capsys
-):
+def test_resume_refuses_a_run_whose_epochs_had_another_number_of_steps(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *tiny_args(data_root, out)]) == 0
     checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
