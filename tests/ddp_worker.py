@@ -23,6 +23,7 @@ if __name__ == "__main__":
             "metrics": result.metrics,
             "world_size": world_size(),
             "first_batch": first_batch,
+            "global_draw": torch.rand(1),  # the global generator, as dropout would use it
         },
         out,
     )

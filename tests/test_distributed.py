@@ -13,7 +13,10 @@ import torch.distributed as dist
 
 from conftest import make_colour_ham
 from crckd.config import load_config
+from crckd.data import eval_transform
+from crckd.data.datasets import ImageDataset
 from crckd.engine.distributed import convert_sync_batchnorm, wrap_trainable
+from crckd.engine.evaluate import run_model
 from crckd.methods import MethodContext, available_methods, get_method
 from crckd.models import build_model
 
@@ -94,6 +97,8 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(tmp_path):
         assert ddp_log[column].tolist() == pytest.approx(single_log[column].tolist(), rel=1e-4)
     assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
     assert not (ddp_dir / "run" / "rank1").exists()
+    # Dropout masks differ between ranks, as between a process's images.
+    assert not torch.equal(rank0["global_draw"], rank1["global_draw"])
 
 
 def test_sync_batchnorm_converts_the_trained_modules_only_and_keeps_their_tensors():
@@ -154,3 +159,14 @@ def test_every_method_trains_a_step_with_its_modules_wrapped_in_ddp(name, one_ra
     method.after_step(0)
     assert {k for k, w in weights.items() if w} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_a_rank_without_images_of_a_split_evaluates_to_empty_outputs():
+    """A split smaller than the number of processes leaves some rank no image to evaluate;
+    its empty outputs must still gather with the others'."""
+    model = build_model("resnet18", 3, feat_dim=16)
+    empty = torch.utils.data.DataLoader(ImageDataset([], [], eval_transform(32)), batch_size=4)
+    outputs = run_model(model, empty, torch.device("cpu"), progress=False)
+    assert outputs.features.shape == (0, 16)
+    assert outputs.probs.shape == (0, 3)
+    assert outputs.labels.shape == (0,)

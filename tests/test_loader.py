@@ -38,6 +38,19 @@ def test_persistent_workers_give_the_batches_and_augmentations_of_no_workers(tmp
     assert [i for i, _ in plain[0]] != [i for i, _ in plain[1]]  # another epoch, another order
 
 
+def test_iterating_a_loader_leaves_the_global_generator_alone(tmp_path):
+    table = load_table("ham10000", make_ham_layout(tmp_path / "ham", n_per_class=2))
+    paths, labels = table.frame["path"].tolist(), table.frame["label"].to_numpy()
+    for shuffle in (True, False):
+        loader = make_loader(
+            paths, labels, eval_transform(16), batch_size=4, shuffle=shuffle, num_workers=0
+        )
+        torch.manual_seed(5)
+        before = torch.get_rng_state()
+        next(iter(loader))
+        assert torch.equal(torch.get_rng_state(), before), shuffle
+
+
 def test_rank_chunks_make_up_the_single_process_batches():
     single = list(GlobalBatchSampler(22, 8, seed=3))
     ranks = [list(GlobalBatchSampler(22, 8, seed=3, rank=r, world_size=2)) for r in (0, 1)]
@@ -48,13 +61,18 @@ def test_rank_chunks_make_up_the_single_process_batches():
     assert indices == sorted(set(indices))
 
 
-def test_last_batches_too_small_for_batchnorm_are_dropped():
+def test_last_batches_are_cut_to_the_ranks_and_dropped_when_too_small_for_batchnorm():
     assert [len(b) for b in GlobalBatchSampler(17, 8, seed=0)] == [8, 8]
     assert [len(b) for b in GlobalBatchSampler(18, 8, seed=0)] == [8, 8, 2]
-    # 2 ranks: a last batch of 3 does not divide, one of 2 leaves each rank one image.
+    # 2 ranks: a last batch of 3 leaves each rank one image, one of 5 is cut to 4.
     assert len(GlobalBatchSampler(19, 8, seed=0, world_size=2)) == 2
-    assert len(GlobalBatchSampler(18, 8, seed=0, world_size=2)) == 2
-    assert len(GlobalBatchSampler(20, 8, seed=0, world_size=2)) == 3
+    assert [len(b) for b in GlobalBatchSampler(21, 8, seed=0, rank=1, world_size=2)] == [4, 4, 2]
+    # 4 ranks, a last batch of 10: cut to 8, two images per rank.
+    assert len(GlobalBatchSampler(34, 12, seed=0, world_size=4)) == 3
+    last = [list(GlobalBatchSampler(34, 12, seed=0, rank=r, world_size=4))[-1] for r in range(4)]
+    single_last = list(GlobalBatchSampler(34, 12, seed=0))[-1]
+    assert len(single_last) == 10
+    assert [key for share in last for key in share] == single_last[:8]
 
 
 def test_a_seeded_item_depends_on_its_key_only_and_leaves_the_global_generator_alone():

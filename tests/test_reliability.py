@@ -20,8 +20,9 @@ from crckd.data import list_images
 from crckd.engine import RunFolder, Trainer, load_checkpoint, save_checkpoint
 from crckd.engine import run_folder as run_folder_module
 from crckd.engine import trainer as trainer_module
+from crckd.engine.distributed import Distributed
 from crckd.engine.run_folder import atomic_write_text
-from crckd.errors import DataError, RunFolderError
+from crckd.errors import ConfigError, DataError, RunFolderError
 from crckd.methods import get_method
 from crckd.models import build_model
 
@@ -308,6 +309,23 @@ def test_resume_refuses_a_run_whose_epochs_had_another_number_of_steps(data_root
     assert main(["train", "--resume", str(out)]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert f"2 process(es), {steps - 1} steps per epoch; with 1 an epoch has {steps}" in err
+
+
+def test_batches_that_cannot_give_every_process_two_images_are_refused(
+    data_root, tmp_path, monkeypatch
+):
+    with pytest.raises(ConfigError, match=r"train\.batch_size 1 .* at least 2 images"):
+        Trainer(tiny_config(data_root, tmp_path / "one", "train.batch_size=1"))
+
+    def many_processes(device_name):  # as if launched by torchrun on 32 processes
+        return Distributed(rank=0, world_size=32), torch.device("cpu")
+
+    monkeypatch.setattr(trainer_module, "init_distributed", many_processes)
+    with pytest.raises(ConfigError, match="multiple of the 32 process"):
+        Trainer(tiny_config(data_root, tmp_path / "uneven", "train.batch_size=48"))
+    # 64 images a batch, 2 per process, but fewer training images than that: no batch at all.
+    with pytest.raises(DataError, match=r"training split has \d+ images: too few for one batch"):
+        Trainer(tiny_config(data_root, tmp_path / "few", "train.batch_size=64"))
 
 
 # --- hostile inputs ----------------------------------------------------------------------------

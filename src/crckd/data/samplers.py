@@ -14,9 +14,10 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
 
     The permutation depends only on `seed` (set once per epoch with `set_seed`). Each batch is a
     list of `(index, seed)` keys: `ImageDataset` draws an image's augmentation from them, so a
-    loader's persistent workers follow the epoch without being restarted. A last batch that
-    cannot give every rank at least two images (BatchNorm cannot train on one) or that does not
-    divide evenly between the ranks is dropped; in one process only a last batch of one image is.
+    loader's persistent workers follow the epoch without being restarted. A short last batch is
+    cut to a multiple of the number of ranks (its last images are left out) and dropped if that
+    leaves any rank fewer than two images (BatchNorm cannot train on one); in one process only
+    a last batch of one image is dropped.
     """
 
     def __init__(
@@ -31,9 +32,11 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(self.size, generator=generator).tolist()
         batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
-        last = len(batches[-1]) if batches else 0
-        if batches and (last % self.world_size or last // self.world_size < 2):
-            batches.pop()
+        if batches:
+            share = len(batches[-1]) // self.world_size
+            batches[-1] = batches[-1][: share * self.world_size]
+            if share < 2:
+                batches.pop()
         return batches
 
     def set_seed(self, seed: int) -> None:

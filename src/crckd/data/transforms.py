@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -9,12 +10,20 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
+from crckd.transfer import to_device
+
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 IMAGENET_NORMALIZATION: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resize(image_size: int) -> T.Resize:
+    """The one resize of every pipeline (training, evaluation, the decoded cache), so that
+    cached and uncached images are the same pixels."""
+    return T.Resize((image_size, image_size))
 
 
 def train_transform(
@@ -31,7 +40,7 @@ def train_transform(
     the float pipeline would.
     """
     augment = [
-        T.Resize((image_size, image_size)),
+        resize(image_size),
         T.RandomAffine(degrees=10, translate=(0.02, 0.02)),
         T.RandomHorizontalFlip(),
     ]
@@ -43,11 +52,23 @@ def train_transform(
 def normalize_images(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """uint8 images [B, 3, H, W] to float32, scaled and normalised as ToTensor + Normalize do
     (the same operations, so the same numbers), on the images' device."""
+    key = tuple(tuple(float(v) for v in values) for values in normalization)  # hashable
+    scale, mean, std = _normalization_constants(key, images.device)
+    return images.to(torch.float32).div_(scale).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalization_constants(
+    normalization: Normalization, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """255, mean and std on `device`, copied there once. 255 is a device tensor, not a Python
+    number: CUDA divides by a number as a multiplication by its reciprocal, which differs from
+    ToTensor's division on the CPU in the last bit for some pixel values."""
+    scale = torch.tensor(255.0)
     mean, std = (
-        torch.tensor(values, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-        for values in normalization
+        torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1) for values in normalization
     )
-    return images.to(torch.float32).div_(255).sub_(mean).div_(std)
+    return tuple(to_device(t, device) for t in (scale, mean, std))
 
 
 def eval_transform(
@@ -56,7 +77,7 @@ def eval_transform(
     """Deterministic resize and normalisation, for validation, testing and prediction."""
     return T.Compose(
         [
-            T.Resize((image_size, image_size)),
+            resize(image_size),
             T.ToTensor(),
             T.Normalize(*normalization),
         ]
@@ -89,10 +110,12 @@ def rotate_flip_batch(
     mine = slice(rank * batch, (rank + 1) * batch)
     turns = torch.randint(0, 4, (batch * world_size,), generator=generator, device=device)[mine]
     draws = torch.rand(batch * world_size, generator=generator, device=device)[mine]
-    flips = (draws < 0.5).to(x.device)
     groups = [torch.nonzero(turns == k).flatten() for k in range(4)]
-    rotated = torch.cat(
-        [torch.rot90(x[rows.to(x.device)], k, dims=(2, 3)) for k, rows in enumerate(groups)]
-    )
-    out = rotated[torch.argsort(torch.cat(groups)).to(x.device)]  # back to the input order
-    return torch.where(flips[:, None, None, None], out.flip(2), out)
+    order = torch.cat(groups)  # the samples grouped by rotation
+    # Indices and flips reach x's device in one copy that does not wait for the device.
+    plan = to_device(torch.stack([order, torch.argsort(order), (draws < 0.5).long()]), x.device)
+    sizes = [len(rows) for rows in groups]
+    chunks = torch.split(x[plan[0]], sizes)
+    rotated = torch.cat([torch.rot90(chunk, k, dims=(2, 3)) for k, chunk in enumerate(chunks)])
+    out = rotated[plan[1]]  # back to the input order
+    return torch.where(plan[2].bool()[:, None, None, None], out.flip(2), out)

@@ -162,6 +162,10 @@ def make_loader(
         "worker_init_fn": _seed_worker,
         "pin_memory": pin_memory,
         "persistent_workers": num_workers > 0,
+        # Its own generator: each new iterator draws a seed, which would otherwise come from
+        # the global one (every epoch without workers, once with persistent workers), so the
+        # model's random draws (dropout) would depend on the number of workers and on resuming.
+        "generator": torch.Generator(),
     }
     if shuffle:
         sampler = GlobalBatchSampler(

@@ -74,6 +74,10 @@ def run_model(
         probs.append(torch.softmax(output.logits.float(), dim=1).cpu())
         labels.append(batch["label"])
     model.train(was_training)
+    if not labels:  # an empty shard: a DDP rank with no image of a split smaller than the ranks
+        features.append(torch.zeros(0, model.bottleneck.out_features))
+        probs.append(torch.zeros(0, model.classifier.out_features))
+        labels.append(torch.zeros(0, dtype=torch.long))
     return Outputs(*(torch.cat(parts).numpy() for parts in (features, probs, labels)))
 
 

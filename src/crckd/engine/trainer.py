@@ -120,10 +120,12 @@ class Trainer:
                 f"train.select_metric {train_cfg.select_metric!r} is not one of {SCALAR_METRICS}"
             )
         self.dist, self.device = init_distributed(train_cfg.device)
-        if train_cfg.batch_size % self.dist.world_size:
+        processes = self.dist.world_size
+        if train_cfg.batch_size % processes or train_cfg.batch_size < 2 * processes:
             raise ConfigError(
-                f"train.batch_size {train_cfg.batch_size} (the global batch) is not divisible by "
-                f"the {self.dist.world_size} processes"
+                f"train.batch_size {train_cfg.batch_size} (the global batch) must be a multiple "
+                f"of the {processes} process(es) that gives each at least 2 images (BatchNorm "
+                "cannot train on one)"
             )
         if train_cfg.sync_batchnorm and self.device.type != "cuda":
             raise ConfigError(
@@ -176,6 +178,11 @@ class Trainer:
         self.loaders = self._make_eval_loaders()
         self._train: torch.utils.data.DataLoader | None = None
         self.steps_per_epoch = len(self.train_loader(0))
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the training split has {len(self.data.train)} images: too few for one batch "
+                f"that gives each of the {self.dist.world_size} processes at least 2"
+            )
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
@@ -325,7 +332,9 @@ class Trainer:
         cfg = self.config.train
         seed = epoch_seed(cfg.seed, epoch)
         seed_everything(seed)
-        self.method.seed(seed)
+        if self.dist.enabled:  # other dropout masks on each rank's images, as in one process
+            torch.manual_seed(seed + self.dist.rank)
+        self.method.seed(seed)  # the same on every rank: contrast sets, teacher rotations
         if cfg.epoch_start_lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.epoch_start_lr

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from crckd.dist import all_gather_cat, all_reduce_mean
 from crckd.losses.crckd import nce_loss
+from crckd.transfer import to_device
 
 _Z_UNSET = -1.0
 
@@ -81,7 +82,7 @@ class ContrastMemory(nn.Module):
         untouched.
         """
         # Under DDP every rank applies the whole global batch, so the banks stay identical.
-        index = all_gather_cat(index.to(self.memory_s.device, non_blocking=True))
+        index = all_gather_cat(to_device(index, self.memory_s.device))
         _momentum_update(self.memory_s, all_gather_cat(student_emb), index, self.momentum)
         _momentum_update(self.memory_t, all_gather_cat(teacher_emb), index, self.momentum)
 
@@ -107,7 +108,7 @@ def _exp_scores(anchor: Tensor, bank: Tensor, idx: Tensor, temperature: float) -
     dtype = torch.promote_types(bank.dtype, torch.float32)
     anchor = anchor.to(dtype)
     bank = bank.detach().to(dtype)
-    idx = idx.to(device=bank.device, dtype=torch.long)
+    idx = to_device(idx, bank.device).long()
     if bank.shape[0] <= idx.numel():
         # A copy of the bank, since autograd keeps it and `update` later writes the bank in place.
         dots = torch.gather(anchor @ bank.clone().T, 1, idx)
@@ -117,7 +118,7 @@ def _exp_scores(anchor: Tensor, bank: Tensor, idx: Tensor, temperature: float) -
 
 
 def _momentum_update(bank: Tensor, emb: Tensor, index: Tensor, momentum: float) -> None:
-    index = index.to(device=bank.device, dtype=torch.long)
+    index = to_device(index, bank.device).long()
     mixed = bank[index] * momentum + emb.detach().to(bank.dtype) * (1 - momentum)
     bank.index_copy_(0, index, F.normalize(mixed, dim=1))
 

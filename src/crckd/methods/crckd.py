@@ -17,6 +17,7 @@ from crckd.methods.base import MethodContext
 from crckd.methods.mean_teacher import MeanTeacher
 from crckd.methods.registry import register_method
 from crckd.models import Classifier, ClassifierOutput
+from crckd.transfer import to_device
 
 _REFERENCE = "Xing et al., MICCAI 2021 (arXiv 2107.03225)"
 # CRD is CCD with one positive, negatives from any class, both directions, no MT and no CRP.
@@ -124,10 +125,10 @@ class CRCKD(MeanTeacher):
         device = self.memory.memory_s.device
         global_index = index
         if world_size() > 1:
-            global_index = all_gather_cat(index.to(device, non_blocking=True))
+            global_index = all_gather_cat(to_device(index, device))
         drawn = self.sampler.sample(global_index.cpu(), generator=self.generator)
         start = rank() * len(index)
-        return drawn[start : start + len(index)].to(device, non_blocking=True)
+        return to_device(drawn[start : start + len(index)], device)
 
     def relation_loss(self, emb_s: Tensor, emb_t: Tensor) -> Tensor:
         """CRP against class centroids of the banks, after this batch's update (§b CRP)."""
