@@ -149,6 +149,22 @@ def test_open_rgb_refuses_images_over_the_pixel_limit_before_decoding(tmp_path, 
         open_rgb(small)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_raised_pixel_limit_lets_images_past_pils_own_refusal(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "200000000")
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(14_000, 13_000))  # 182 Mpx: over twice PIL's default limit
+    with pytest.raises(DataError) as refused:
+        open_rgb(big)
+    assert "cannot read image" in str(refused.value)  # it got past the limits to decoding
+    assert "bomb" not in str(refused.value)
+    bigger = tmp_path / "bigger.png"
+    bigger.write_bytes(png_header(14_000, 15_000))
+    with pytest.raises(DataError, match="over the limit of 200000000"):
+        open_rgb(bigger)
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     path = tmp_path / "g16.png"
     Image.fromarray(np.full((4, 4), 0x8000, dtype=np.uint16)).save(path)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from crckd.data.datasets import (
     PIXEL_LIMIT_ENV,
+    allow_pixels,
     first_items,
     load_table,
     max_image_pixels,
@@ -202,6 +203,7 @@ def _scan_image(path: str, max_pixels: int) -> tuple[str, str] | None:
         return "unreadable_file", err.strerror or type(err).__name__
     if not data:
         return "empty_file", ""
+    allow_pixels(max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as image:
             refused = pixel_limit_error(image, max_pixels)

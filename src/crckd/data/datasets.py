@@ -125,6 +125,15 @@ def max_image_pixels() -> int:
     return int(value)
 
 
+def allow_pixels(limit: int) -> None:
+    """Let PIL open images up to `limit` pixels, so that crckd's own check (which refuses larger
+    ones before decoding) decides: PIL refuses images over twice its `Image.MAX_IMAGE_PIXELS`
+    while still opening them, whatever $CRCKD_MAX_IMAGE_PIXELS allows. Only ever raises PIL's
+    limit, and leaves it off where it is off."""
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def pixel_limit_error(image: Image.Image, limit: int) -> str | None:
     """Why an opened (not yet decoded) image is refused by the pixel limit, or None."""
     width, height = image.size
@@ -147,6 +156,7 @@ def open_rgb(path: str | Path | IO[bytes], max_pixels: int | None = None) -> Ima
     decoded; any unreadable image raises DataError naming the file.
     """
     limit = max_pixels or max_image_pixels()
+    allow_pixels(limit)
     try:
         with Image.open(path) as image:
             refused = pixel_limit_error(image, limit)
