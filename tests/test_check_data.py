@@ -165,6 +165,24 @@ def test_a_raised_pixel_limit_lets_images_past_pils_own_refusal(tmp_path, monkey
         open_rgb(bigger)
 
 
+def test_32_bit_grey_images_are_scaled_as_16_bit_or_refused(tmp_path, ham_root):
+    sixteen_in_32 = Image.fromarray(np.full((4, 4), 0x8000, dtype=np.int32), mode="I")
+    sixteen_in_32.save(tmp_path / "i.tiff")
+    assert np.asarray(open_rgb(tmp_path / "i.tiff")).max() == 128
+    Image.fromarray(np.full((4, 4), 70_000, dtype=np.int32), mode="I").save(tmp_path / "big.tiff")
+    with pytest.raises(DataError, match=r"70000\.\.70000 are outside 0\.\.65535"):
+        open_rgb(tmp_path / "big.tiff")
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(tmp_path / "f.tiff")
+    with pytest.raises(DataError, match="floating-point pixels"):
+        open_rgb(tmp_path / "f.tiff")
+    # check-data reports such an image before training (a TIFF under a .jpg name).
+    path = load_table("ham10000", ham_root).frame["path"].iloc[0]
+    Image.fromarray(np.full((12, 16), 0.5, dtype=np.float32), mode="F").save(path, format="TIFF")
+    report = check_dataset("ham10000", ham_root, progress=False)
+    assert not report.ok
+    assert "floating-point pixels" in report.format()
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     path = tmp_path / "g16.png"
     Image.fromarray(np.full((4, 4), 0x8000, dtype=np.uint16)).save(path)

@@ -31,6 +31,7 @@ from crckd.data.datasets import (
     load_table,
     max_image_pixels,
     pixel_limit_error,
+    to_rgb,
 )
 from crckd.data.splits import load_split
 from crckd.errors import DataError
@@ -213,6 +214,7 @@ def _scan_image(path: str, max_pixels: int) -> tuple[str, str] | None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
+            to_rgb(image)  # what training will do with it
     except Image.DecompressionBombError as err:
         return "too_many_pixels", str(err)
     except Image.UnidentifiedImageError:

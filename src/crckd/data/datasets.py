@@ -143,9 +143,22 @@ def pixel_limit_error(image: Image.Image, limit: int) -> str | None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a decoded image to 8-bit RGB; 16-bit grey levels are scaled, not clipped."""
-    if image.mode.startswith("I;16"):
-        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    """Convert a decoded image to 8-bit RGB; 16-bit grey levels are scaled, not clipped.
+
+    32-bit integer grey levels ("I", as some Pillow versions open 16-bit PNGs) are taken as
+    16-bit when they lie in 0..65535; other 32-bit and floating-point images raise ValueError
+    (what their values mean is not known: save them with 8 or 16 bits).
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ValueError(
+                f"32-bit grey levels {grey.min()}..{grey.max()} are outside 0..65535: save the "
+                "image with 8 or 16 bits per channel"
+            )
+        image = Image.fromarray((grey.astype(np.uint16) >> 8).astype(np.uint8))
+    elif image.mode == "F":
+        raise ValueError("floating-point pixels: save the image with 8 or 16 bits per channel")
     return image.convert("RGB")
 
 
