@@ -7,6 +7,9 @@ images/s, the share of training time spent waiting for the data loader, and the 
 and writes JSON.
 
     python bench/gpu_reproduce.py --data-root /data/HAM10000 --out runs/gpu
+    # a variant: any config key, e.g. torch.compile
+    python bench/gpu_reproduce.py --data-root /data/HAM10000 --methods crckd --out runs/gpu_c \
+        train.compile=true
     # on the CPU, tiny (what the test suite runs):
     python bench/gpu_reproduce.py --data-root tiny --epochs 1 --image-size 32 \
         --backbone resnet18 --batch-size 16 --workers 0 --device cpu --out /tmp/gpu
@@ -24,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from crckd.config import build_config
+from crckd.config import apply_overrides, build_config
 from crckd.engine import train
 from crckd.engine.metrics import SCALAR_METRICS
 
@@ -96,6 +99,12 @@ def main() -> None:
         default=False,
         help="decode and resize the images once (data.cache); off: read the files",
     )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides applied last, e.g. train.compile=true train.channels_last=false",
+    )
     args = parser.parse_args()
     if args.pretrained in ("false", "true"):
         args.pretrained = args.pretrained == "true"
@@ -109,7 +118,8 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for method in args.methods:
-        config = build_config(run_config(args, method), source="gpu_reproduce")
+        raw = apply_overrides(run_config(args, method), args.overrides)
+        config = build_config(raw, source="gpu_reproduce")
         started = time.perf_counter()
         result = train(config, overwrite=True)
         row = summarize_run(result.run_dir, time.perf_counter() - started)

@@ -48,11 +48,13 @@ def test_gpu_reproduce_keeps_the_finished_methods_when_a_later_one_fails(tmp_pat
         "--data-root", str(root), "--epochs", "1", "--image-size", "32",
         "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
         "--device", "cpu", "--methods", "ce", "no_such_method", "--out", str(out),
+        "train.lr=0.002",
     ]  # fmt: skip
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode != 0
     assert "no_such_method" in finished.stderr
     assert set(json.loads((out / "gpu_reproduce.json").read_text())["results"]) == {"ce"}
+    assert yaml.safe_load((out / "ce" / "config.yaml").read_text())["train"]["lr"] == 0.002
 
 
 @pytest.mark.slow
