@@ -10,6 +10,7 @@ import torch
 from conftest import FAST, make_colour_ham
 from crckd.config import load_config
 from crckd.engine import train
+from crckd.engine.trainer import renormalization
 from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method
 from crckd.models import build_model
@@ -152,3 +153,31 @@ def test_feature_map_methods_tap_without_changing_the_forward():
         "backbone.layer4",
     ]
     torch.testing.assert_close(method.student(x).logits, before)
+
+
+def test_a_frozen_teacher_sees_images_in_its_own_normalisation():
+    student_norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # ImageNet
+    teacher_norm = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # e.g. efficientnet_lite0_pypi
+    assert renormalization(student_norm, student_norm) is None
+    scale, shift = renormalization(student_norm, teacher_norm)
+    raw = torch.rand(2, 3, 8, 8)  # pixels in [0, 1]
+    as_student = normalize(raw, student_norm)
+    expected = normalize(raw, teacher_norm)
+
+    config = load_config(overrides=["method.name=kd", "method.teacher.mode=frozen"])
+    teacher = build_model("resnet18", 3)
+    seen = []
+    teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    context = MethodContext(
+        3, np.arange(12) % 3, None, 1, image_size=8, frozen_teacher=teacher,
+        teacher_input=(scale, shift),
+    )  # fmt: skip
+    method = get_method("kd").cls(build_model("resnet18", 3), config.method, context)
+    method.teacher_output({"image": as_student})
+    torch.testing.assert_close(seen[0], expected)
+    assert not any("teacher_s" in key for key in method.state_dict())  # checkpoints unchanged
+
+
+def normalize(images: torch.Tensor, normalization) -> torch.Tensor:
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization)
+    return (images - mean) / std

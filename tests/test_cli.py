@@ -131,6 +131,16 @@ def test_eval_test_split_reuses_the_runs_split(ce_run, tmp_path):
     assert moved["num_samples"] == eval_metrics["num_samples"] - int((groups == lesion).sum())
 
 
+def test_eval_of_a_relative_checkpoint_finds_its_runs_split(ce_run, tmp_path, monkeypatch):
+    root = yaml.safe_load((ce_run / "config.yaml").read_text())["data"]["root"]
+    monkeypatch.chdir(ce_run / "checkpoints")
+    args = ("--checkpoint", "best.pt", "--dataset", "ham10000", "--data-root", root)
+    assert run_cli("eval", *args, "--out", str(tmp_path / "eval")) == 0
+    split = pd.read_csv(ce_run / "split.csv")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_samples"] == int((split["split"] == "test").sum())
+
+
 def test_predict_writes_one_row_per_image(ce_run, tmp_path):
     images = tmp_path / "images"
     for i in range(3):

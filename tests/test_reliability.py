@@ -8,21 +8,23 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_colour_ham, png_header, write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.config import config_to_dict, load_config
 from crckd.data import list_images
-from crckd.engine import RunFolder, Trainer, load_checkpoint, save_checkpoint
+from crckd.engine import RunFolder, Trainer, load_checkpoint, save_checkpoint, train
 from crckd.engine import run_folder as run_folder_module
 from crckd.engine import trainer as trainer_module
 from crckd.engine.distributed import Distributed
 from crckd.engine.run_folder import atomic_write_text
-from crckd.errors import ConfigError, DataError, RunFolderError
+from crckd.errors import ConfigError, DataError, NumericalError, RunFolderError
 from crckd.methods import get_method
 from crckd.models import build_model
 
@@ -326,6 +328,96 @@ def test_batches_that_cannot_give_every_process_two_images_are_refused(
     # 64 images a batch, 2 per process, but fewer training images than that: no batch at all.
     with pytest.raises(DataError, match=r"training split has \d+ images: too few for one batch"):
         Trainer(tiny_config(data_root, tmp_path / "few", "train.batch_size=64"))
+
+
+def test_a_kill_between_a_new_best_and_last_pt_is_settled_on_resume(data_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args(data_root, out)]) == 0
+    best, pending = out / "checkpoints" / "best.pt", out / "checkpoints" / "best.next.pt"
+    kept = best.read_bytes()
+    # Killed after writing epoch 5's best but before last.pt: last.pt does not know epoch 5.
+    orphan = load_checkpoint(best)
+    orphan["epoch"] = 5
+    save_checkpoint(orphan, pending)
+    assert main(["train", "--resume", str(out)]) == 0
+    assert not pending.exists() and best.read_bytes() == kept
+    # Killed after last.pt, before the rename: last.pt names the pending best, which is kept.
+    best.rename(pending)
+    assert main(["train", "--resume", str(out)]) == 0
+    assert not pending.exists() and best.read_bytes() == kept
+
+
+def test_an_undefined_validation_metric_still_selects_a_model(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    real_metrics = Trainer._metrics
+
+    def undefined_kappa(self, name):
+        return {**real_metrics(self, name), "kappa": None}  # as for a one-class split
+
+    monkeypatch.setattr(Trainer, "_metrics", undefined_kappa)
+    out = tmp_path / "run"
+    args = tiny_args(data_root, out, "train.select_metric=kappa", "train.epochs=2")
+    assert main(["train", *args, "train.progress=true"]) == 0
+    assert "val kappa n/a" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["selected_epoch"] == 0
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == 0
+
+
+def test_resume_with_a_loss_scaler_from_a_run_without_one(data_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *tiny_args(data_root, out)]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["scaler"] == {}
+    trainer = Trainer(tiny_config(data_root, out), resume=True)
+    # As resuming a bf16 or CPU run with train.amp=fp16 on a GPU would make it.
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    trainer.fit()
+    assert trainer.scaler.get_scale() == 2.0**16  # a fresh scaler, not a failed load
+
+
+def test_evaluation_runs_in_float32_and_refuses_nan_predictions(data_root, tmp_path, monkeypatch):
+    real_predict = trainer_module.predict_probs
+    dtypes = []
+
+    def recording(*args, precision, **kwargs):
+        dtypes.append(precision.dtype)
+        return real_predict(*args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "predict_probs", recording)
+    assert main(["train", *tiny_args(data_root, tmp_path / "bf16", "train.amp=bf16")]) == 0
+    assert dtypes and set(dtypes) == {None}  # as `crckd eval`, whatever train.amp is
+
+    def nan_predictions(*args, **kwargs):
+        probs, labels = real_predict(*args, **kwargs)
+        return np.full_like(probs, np.nan), labels
+
+    monkeypatch.setattr(trainer_module, "predict_probs", nan_predictions)
+    with pytest.raises(NumericalError, match="predictions on the val split hold NaN"):
+        train(tiny_config(data_root, tmp_path / "nan"))
+
+
+def test_resume_finds_a_moved_frozen_teacher_and_tensorboard_drops_rerun_epochs(
+    data_root, ce_run, tmp_path, monkeypatch
+):
+    teacher = shutil.copy(ce_run / "checkpoints" / "best.pt", tmp_path / "teacher.pt")
+    out = tmp_path / "run"
+    frozen = ["method.name=kd", "method.teacher.mode=frozen", "train.epochs=2"]
+    real_full_state = Trainer._full_state
+
+    def interrupted_after_logging_epoch_2(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_full_state(self, state)
+
+    monkeypatch.setattr(Trainer, "_full_state", interrupted_after_logging_epoch_2)
+    args = tiny_args(data_root, out, *frozen, f"method.teacher.checkpoint={teacher}")
+    assert main(["train", *args]) == 130
+    monkeypatch.undo()
+    moved = shutil.move(teacher, tmp_path / "moved.pt")
+    assert main(["train", "--resume", str(out), f"method.teacher.checkpoint={moved}"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [0, 1]
 
 
 # --- hostile inputs ----------------------------------------------------------------------------

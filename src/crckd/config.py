@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crckd.errors import ConfigError
 
@@ -156,6 +156,13 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="mixed precision; auto: bf16 (or fp16) on CUDA, off on the CPU"
     )
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: Any) -> Any:
+        """YAML reads an unquoted `off` as false: `train.amp=off` means "off"."""
+        return "off" if value is False else value
+
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA only")
     compile: bool = Field(False, description="torch.compile the student and any teacher")
     sync_batchnorm: bool = Field(

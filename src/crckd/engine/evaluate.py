@@ -207,7 +207,7 @@ def _positions(
 ) -> np.ndarray:
     if split == "all":
         return np.arange(len(table.frame))
-    path = Path(split_file) if split_file else RunFolder(checkpoint.parent.parent).split
+    path = Path(split_file) if split_file else RunFolder(checkpoint.resolve().parent.parent).split
     if not path.exists():
         raise DataError(
             f"--split {split} needs the run's split file; {path} does not exist "

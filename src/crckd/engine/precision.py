@@ -40,12 +40,14 @@ class Precision:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> Precision:
-    """`auto` picks bf16 (fp16 without bf16 support) and channels-last on CUDA, neither on CPU."""
+    """`auto` picks bf16 (fp16 on GPUs without native bf16) and channels-last on CUDA, neither
+    on the CPU."""
     cuda = device.type == "cuda"
     if config.amp == "auto":
         dtype = None
-        if cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cuda:  # native bf16 from compute capability 8 (Ampere); before it, emulated
+            native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+            dtype = torch.bfloat16 if native_bf16 else torch.float16
     elif config.amp == "off":
         dtype = None
     else:

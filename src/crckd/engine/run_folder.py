@@ -67,6 +67,16 @@ class RunFolder:
     def best_checkpoint(self) -> Path:
         return self.root / "checkpoints" / "best.pt"
 
+    @property
+    def pending_best(self) -> Path:
+        """A new best.pt, written before last.pt and renamed to best.pt after it."""
+        return self.root / "checkpoints" / "best.next.pt"
+
+    def commit_best(self) -> None:
+        """Make the pending best checkpoint best.pt (an atomic rename)."""
+        os.replace(self.pending_best, self.best_checkpoint)
+        _fsync_dir(self.best_checkpoint.parent)
+
     def holds_run(self) -> bool:
         return self.config.exists()
 

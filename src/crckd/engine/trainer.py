@@ -7,7 +7,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from crckd.config import Config, config_to_dict, flat_settings
-from crckd.data import eval_transform, normalize_images, save_split, train_transform
+from crckd.data import (
+    Normalization,
+    eval_transform,
+    normalize_images,
+    save_split,
+    train_transform,
+)
 from crckd.data.cache import DecodedImages
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -37,7 +43,7 @@ from crckd.engine.distributed import (
     shutdown_distributed,
     wrap_trainable,
 )
-from crckd.engine.evaluate import load_student, predict_probs
+from crckd.engine.evaluate import LoadedStudent, load_student, predict_probs
 from crckd.engine.finite import LossWatch
 from crckd.engine.metrics import (
     SCALAR_METRICS,
@@ -47,7 +53,7 @@ from crckd.engine.metrics import (
 )
 from crckd.engine.precision import resolve_precision
 from crckd.engine.run_folder import RunFolder, write_guard
-from crckd.errors import CheckpointError, ConfigError, DataError
+from crckd.errors import CheckpointError, ConfigError, DataError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
 from crckd.models import build_model, input_normalization
 
@@ -71,6 +77,7 @@ RESUMABLE_SETTINGS = frozenset(
         "train.compile",
         "train.sync_batchnorm",
         "train.progress",
+        "method.teacher.checkpoint",  # a moved frozen teacher: last.pt holds its weights
     }
 )
 
@@ -144,13 +151,19 @@ class Trainer:
         weights = (
             class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
         )
+        self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
+        frozen = self._frozen_teacher()
+        teacher_input = None
+        if frozen is not None:
+            teacher_input = renormalization(self.normalization, frozen.normalization)
         context = MethodContext(
             num_classes=len(self.data.classes),
             train_labels=train_labels,
             class_weights=weights,
             epochs=train_cfg.epochs,
             image_size=config.data.image_size,
-            frozen_teacher=self._frozen_teacher(),
+            frozen_teacher=None if frozen is None else frozen.model,
+            teacher_input=teacher_input,
         )
         student = build_model(
             config.model.backbone,
@@ -170,7 +183,6 @@ class Trainer:
                 teacher.compile()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.kappa = resolve_kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
-        self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.workers = resolve_workers(config.data.num_workers, self.device)
         self.decoded = None
         if config.data.cache:
@@ -204,7 +216,7 @@ class Trainer:
         self.dist.barrier()
         return decoded or open_cache()
 
-    def _frozen_teacher(self) -> torch.nn.Module | None:
+    def _frozen_teacher(self) -> LoadedStudent | None:
         """The trained teacher of `method.teacher.mode=frozen`, checked against the data."""
         teacher = self.config.method.teacher
         if teacher.mode != "frozen":
@@ -221,7 +233,7 @@ class Trainer:
                 f"teacher {teacher.checkpoint} was trained on classes {list(loaded.classes)}, "
                 f"the data has {list(self.data.classes)}"
             )
-        return loaded.model
+        return loaded
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.config.train
@@ -282,7 +294,12 @@ class Trainer:
                 convert_sync_batchnorm(self.method)
             wrap_trainable(self.method, self.device)
         train_cfg = self.config.train
-        writer = SummaryWriter(self.run.tensorboard) if self.dist.is_main else None
+        # Resumed: drop TensorBoard points of epochs that are about to run again.
+        writer = (
+            SummaryWriter(self.run.tensorboard, purge_step=state["epoch"] or None)
+            if self.dist.is_main
+            else None
+        )
         try:
             for epoch in range(state["epoch"], train_cfg.epochs):
                 try:
@@ -294,15 +311,20 @@ class Trainer:
                     ) from None
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
-                improved = record[f"val_{train_cfg.select_metric}"] > state["best_score"]
+                score = selection_score(record[f"val_{train_cfg.select_metric}"])
+                # The first epoch is kept even when its score is undefined, so best.pt exists.
+                improved = score > state["best_score"] or state["best_epoch"] < 0
                 if improved:
-                    state["best_score"] = record[f"val_{train_cfg.select_metric}"]
-                    state["best_epoch"] = epoch
+                    state["best_score"], state["best_epoch"] = score, epoch
                 if self.dist.is_main:  # only rank 0 writes files
                     self._log_epoch(writer, record)
+                    # best.pt changes only together with last.pt, whose progress names it: a
+                    # kill between the two writes leaves a pending best that resume settles.
                     if improved:
-                        save_checkpoint(self._best_state(epoch), self.run.best_checkpoint)
+                        save_checkpoint(self._best_state(epoch), self.run.pending_best)
                     save_checkpoint(self._full_state(state), self.run.last_checkpoint)
+                    if improved:
+                        self.run.commit_best()
                     self.run.write_epochs(state["history"])
                 self.dist.barrier()
         finally:
@@ -322,6 +344,7 @@ class Trainer:
         if resuming:
             if self.dist.is_main:
                 self.run.write_epochs(state["history"])  # a kill may have cut the last row
+                self._settle_best(state["best_epoch"])
             return state
         if self.dist.is_main:
             with write_guard(self.run.split):
@@ -416,13 +439,20 @@ class Trainer:
                 self.device,
                 desc=f"eval {name}",
                 progress=self.config.train.progress and self.dist.is_main,
-                precision=self.precision,
+                # float32, as `crckd eval` of the checkpoint, so that the two agree
+                precision=replace(self.precision, dtype=None),
             )
         except DataError as err:
             raise DataError(f"evaluating the {name} split: {_image_error(err)}") from None
         if self.dist.enabled:  # metrics of the whole split, from every rank's share
             probs = all_gather_uneven(torch.as_tensor(probs, device=self.device)).cpu().numpy()
             labels = all_gather_uneven(torch.as_tensor(labels, device=self.device)).cpu().numpy()
+        if not np.isfinite(probs).all():
+            raise NumericalError(
+                f"the model's predictions on the {name} split hold NaN or Inf (the weights or "
+                f"BatchNorm statistics overflowed); the last checkpoint {self.run.last_checkpoint} "
+                "is kept: resume from it with a lower train.lr or train.amp=bf16/off"
+            )
         return classification_metrics(labels, probs, self.data.classes, self.kappa)
 
     @property
@@ -438,13 +468,27 @@ class Trainer:
                 writer.add_scalar(f"{group}/{name}", value, epoch)
         if self.config.train.progress:
             metric = self.config.train.select_metric
+            value = record[f"val_{metric}"]
+            shown = "n/a" if value is None else f"{value:.4f}"
             tqdm.write(
                 f"epoch {epoch + 1}/{self.config.train.epochs}  loss {record['train_loss']:.4f}  "
-                f"val {metric} {record[f'val_{metric}']:.4f}  ({record['train_seconds']:.1f}s)"
+                f"val {metric} {shown}  ({record['train_seconds']:.1f}s)"
             )
 
     def _best_state(self, epoch: int) -> dict[str, Any]:
         return self._student_state("student", epoch)
+
+    def _settle_best(self, best_epoch: int) -> None:
+        """After a kill between a new best checkpoint and last.pt: keep the pending best if
+        last.pt names its epoch (the kill came after last.pt), else drop it (that epoch runs
+        again, and best.pt still holds the best of the epochs last.pt knows)."""
+        pending = self.run.pending_best
+        if not pending.exists():
+            return
+        if load_checkpoint(pending)["epoch"] == best_epoch:
+            self.run.commit_best()
+        else:
+            pending.unlink()
 
     def _student_state(self, kind: str, epoch: int) -> dict[str, Any]:
         """What every checkpoint holds: enough to rebuild and run the student."""
@@ -480,7 +524,8 @@ class Trainer:
                 f"the config changed since the run started? ({str(exc).splitlines()[0]})"
             ) from None
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when saved without fp16: then the fresh scaler starts
+            self.scaler.load_state_dict(checkpoint["scaler"])
         progress = dict(checkpoint["progress"])
         progress["history"] = list(checkpoint["history"])
         return progress
@@ -535,6 +580,24 @@ class Trainer:
             self.run.write_metrics(metrics)
             self.run.write_per_class(per_class_table(metrics))
         return RunResult(self.run.root, metrics)
+
+
+def renormalization(
+    student: Normalization, teacher: Normalization
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Per-channel (scale, shift) with x_teacher = x_student * scale + shift, for images
+    normalised with `student` given to a teacher trained on `teacher`; None when they agree."""
+    (mean_s, std_s), (mean_t, std_t) = student, teacher
+    if (tuple(mean_s), tuple(std_s)) == (tuple(mean_t), tuple(std_t)):
+        return None
+    scale = tuple(s / t for s, t in zip(std_s, std_t, strict=True))
+    shift = tuple((ms - mt) / t for ms, mt, t in zip(mean_s, mean_t, std_t, strict=True))
+    return scale, shift
+
+
+def selection_score(value: float | None) -> float:
+    """A validation metric as a selection score: undefined (None, NaN) ranks lowest."""
+    return -math.inf if value is None or math.isnan(value) else float(value)
 
 
 def _batches(loader: Iterable[dict]) -> Iterator[dict]:

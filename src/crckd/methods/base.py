@@ -31,6 +31,9 @@ class MethodContext:
     epochs: int
     image_size: int = 224
     frozen_teacher: nn.Module | None = None
+    # Per-channel (scale, shift) taking the student's normalised input to the frozen teacher's
+    # normalisation, when the two differ (for example ImageNet mean/std and 0.5/0.5).
+    teacher_input: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 class Method(nn.Module):

@@ -46,6 +46,10 @@ class TeacherMethod(Method):
                 raise ConfigError("method.teacher.mode=frozen needs method.teacher.checkpoint")
             self.teacher = context.frozen_teacher
             self.teacher.requires_grad_(False)
+            if context.teacher_input is not None:
+                scale, shift = (torch.tensor(v).view(1, -1, 1, 1) for v in context.teacher_input)
+                self.register_buffer("teacher_scale", scale, persistent=False)
+                self.register_buffer("teacher_shift", shift, persistent=False)
         else:
             self.teacher = make_teacher(student)
         view = config.teacher.view
@@ -72,6 +76,8 @@ class TeacherMethod(Method):
         else:
             view = batch["image"]
         with torch.no_grad():
+            if hasattr(self, "teacher_scale"):  # a frozen teacher normalised differently
+                view = view * self.teacher_scale + self.teacher_shift
             return self.teacher(view)
 
     def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
