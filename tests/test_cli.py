@@ -182,6 +182,17 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused(tmp_path, capsys):
     assert "payload ran" not in captured.out
 
 
+def test_a_file_or_folder_that_is_no_checkpoint_is_named_as_such(ce_run, tmp_path, capsys):
+    out = str(tmp_path / "p.csv")
+    config = str(ce_run / "config.yaml")
+    assert run_cli("predict", "--checkpoint", config, "--out", out, ".") == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "not a crckd checkpoint (not a file torch.save wrote)" in err
+    assert "could run code" not in err
+    assert run_cli("predict", "--checkpoint", str(ce_run), "--out", out, ".") == EXIT_USER_ERROR
+    assert f"did you mean {ce_run / 'checkpoints' / 'best.pt'}?" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_trains_three_methods_and_prints_them(tmp_path, capsys):
     assert run_cli("demo", "--out", str(tmp_path), "--epochs", "1") == 0

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import FAST, make_colour_ham
-from crckd.cli import main
+from crckd.cli import EXIT_USER_ERROR, main
 from crckd.engine.compare import bar_chart, markdown_table, plan_runs, summarize
 
 
@@ -73,3 +73,15 @@ def test_compare_runs_the_grid_once_and_writes_tables(tmp_path, capsys):
     assert capsys.readouterr().out.count("done, skipped") == 4
     html = (tmp_path / "cmp" / "report" / "index.html").read_text()
     assert all(f"{m}/seed{s}" in html for m in ("ce", "mt") for s in (0, 1))
+    # The same folder with other training settings is not reused as if it were done.
+    capsys.readouterr()
+    longer = ["compare", "-c", str(config), *FAST, "train.epochs=2", *args[len(FAST) + 3 :]]
+    assert main([*longer, "--out", str(tmp_path / "cmp")]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "holds a run with other settings (train.epochs: 1 -> 2)" in err
+
+
+def test_one_run_shows_no_spread():
+    frame = pd.DataFrame({"method": ["a", "b", "b"], "kappa": [0.5, 0.25, 0.75]})
+    table = markdown_table(summarize(frame, metrics=["kappa"]), metrics=["kappa"])
+    assert "| a | 1 | **0.500** |" in table and "**0.500 ± 0.354**" in table

@@ -22,8 +22,12 @@ def test_override_without_equals_is_refused():
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'.*did you mean 'epochs'"):
+    match = r"(?s)^the overrides: .*unknown key 'train\.epoch'.*did you mean 'train\.epochs'"
+    with pytest.raises(ConfigError, match=match):
         load_config(overrides=["train.epoch=3"])
+    config = Path(__file__).parents[1] / "configs" / "ham10000" / "crckd.yaml"
+    with pytest.raises(ConfigError, match=r"crckd\.yaml with the overrides: "):
+        load_config(config, overrides=["train.epoch=3"])
 
 
 def test_wrong_type_names_the_key():

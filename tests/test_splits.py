@@ -113,6 +113,9 @@ def test_bad_split_settings(lesions) -> None:
         make_split(lesions, scheme="random")
     with pytest.raises(ConfigError, match="test_fraction"):
         make_split(lesions, test_fraction=0.8, val_fraction=0.3)
+    # A fold of a holdout split would be the same split under another name.
+    with pytest.raises(ConfigError, match=r"data\.fold=2 needs data\.split=kfold"):
+        make_split(lesions, fold=2)  # "auto" is holdout for ham10000
 
 
 def test_too_few_groups_is_a_data_error() -> None:

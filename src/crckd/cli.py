@@ -21,7 +21,7 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from crckd.config import apply_overrides, build_config, read_yaml
+    from crckd.config import apply_overrides, build_config, config_source, read_yaml
     from crckd.engine import RunFolder, train
     from crckd.engine.metrics import format_metrics_table
 
@@ -36,7 +36,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         raw = {}
     raw = apply_overrides(raw, args.overrides)
-    config = build_config(raw, source=args.resume or args.config or "overrides")
+    source = config_source(args.resume or args.config, args.overrides)
+    config = build_config(raw, source=source)
     result = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(format_metrics_table(result.metrics))

@@ -274,7 +274,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML file (optional) and apply `key=value` overrides."""
     raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
-    return build_config(raw, source=str(path) if path else "overrides")
+    return build_config(raw, source=config_source(path, overrides))
+
+
+def config_source(path: str | Path | None, overrides: list[str] | None) -> str:
+    """How error messages name where settings came from: the file, the overrides, or both."""
+    if not overrides:
+        return str(path) if path else "the defaults"
+    return f"{path} with the overrides" if path else "the overrides"
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -314,4 +321,5 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
             return ""
         model = annotation
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    full = ".".join([*(str(part) for part in loc[:-1]), close[0]]) if close else ""
+    return f"; did you mean '{full}'?" if close else ""

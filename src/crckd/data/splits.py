@@ -131,6 +131,11 @@ def _check_arguments(
         scheme = "kfold" if table.name == "aptos" else "holdout"
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if scheme == "holdout" and fold != 1:
+        raise ConfigError(
+            f"data.fold={fold} needs data.split=kfold: the {table.name} split is a single "
+            "holdout, which every fold would repeat"
+        )
     if scheme == "holdout" and not (test_fraction > 0 and test_fraction + val_fraction < 1):
         raise ConfigError(
             f"need 0 < test_fraction and test_fraction + val_fraction < 1, "

@@ -34,8 +34,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a crckd checkpoint safely; refuses pickled code and foreign files with a clear error."""
     path = Path(path)
+    if path.is_dir():
+        hint = path / "checkpoints" / "best.pt"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint; did you mean {hint}?")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as handle:
+        start = handle.read(4)
+    if start != b"PK\x03\x04" and not start.startswith(b"\x80"):  # torch.save: zip or pickle
+        raise CheckpointError(f"{path}: not a crckd checkpoint (not a file torch.save wrote)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -16,11 +16,12 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from crckd.config import build_config, deep_merge
+from crckd.config import build_config, config_to_dict, deep_merge, read_yaml
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.report import new_figure
 from crckd.engine.run_folder import RunFolder, atomic_write_text
-from crckd.engine.trainer import train
+from crckd.engine.trainer import train, training_changes
+from crckd.errors import ConfigError
 
 CHART_METRICS = ("balanced_accuracy", "f1_macro", "auc_macro", "kappa")
 
@@ -59,6 +60,13 @@ def run_comparison(
     configs = [build_config(_run_raw(base, run, out_dir), source=run.name) for run in plan]
     for index, (run, config) in enumerate(zip(plan, configs, strict=True), start=1):
         folder = RunFolder(Path(config.output_dir))
+        if folder.config.exists():  # an earlier comparison's run: only if made the same way
+            changes = training_changes(read_yaml(folder.config), config_to_dict(config))
+            if changes:
+                raise ConfigError(
+                    f"{folder.root} holds a run with other settings ({changes}): choose another "
+                    "--out, or delete that folder to train it again"
+                )
         if folder.metrics.exists():
             print(f"[{index}/{len(plan)}] {run.method} {run.name}: done, skipped")
             continue
@@ -111,7 +119,7 @@ def markdown_table(summary: pd.DataFrame, metrics: Sequence[str] = SCALAR_METRIC
         cells = []
         for m in metrics:
             mean, std = row[(m, "mean")], row[(m, "std")]
-            text = f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
+            text = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")  # one run: no std
             cells.append(f"**{text}**" if mean == best[m] else text)
         lines.append(f"| {method} | {int(row[('runs', 'n')])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

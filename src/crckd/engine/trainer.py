@@ -532,14 +532,8 @@ class Trainer:
 
     def _check_resumable(self, saved: dict[str, Any]) -> None:
         """Refuse to resume with settings other than RESUMABLE_SETTINGS changed."""
-        before, now = flat_settings(saved), flat_settings(config_to_dict(self.config))
-        changed = sorted(
-            key
-            for key in before.keys() & now.keys()  # a setting added by a newer crckd is new
-            if key not in RESUMABLE_SETTINGS and before[key] != now[key]
-        )
-        if changed:
-            details = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+        details = training_changes(saved, config_to_dict(self.config))
+        if details:
             raise ConfigError(
                 f"--resume continues a run with its own settings, but these differ from "
                 f"{self.run.last_checkpoint}: {details}. Start a new run to change them; only "
@@ -580,6 +574,18 @@ class Trainer:
             self.run.write_metrics(metrics)
             self.run.write_per_class(per_class_table(metrics))
         return RunResult(self.run.root, metrics)
+
+
+def training_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """The training settings (all but RESUMABLE_SETTINGS) that differ between two configs, as
+    "key: old -> new; ..." ('' when none): what a run's checkpoints do not fit."""
+    before, after = flat_settings(saved), flat_settings(now)
+    changed = sorted(
+        key
+        for key in before.keys() & after.keys()  # a setting added by a newer crckd is new
+        if key not in RESUMABLE_SETTINGS and before[key] != after[key]
+    )
+    return "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in changed)
 
 
 def renormalization(
