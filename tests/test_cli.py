@@ -141,6 +141,15 @@ def test_eval_of_a_relative_checkpoint_finds_its_runs_split(ce_run, tmp_path, mo
     assert metrics["num_samples"] == int((split["split"] == "test").sum())
 
 
+def test_resume_of_a_checkpoint_points_to_its_run_folder(ce_run, tmp_path, capsys):
+    last = ce_run / "checkpoints" / "last.pt"
+    assert run_cli("train", "--resume", str(last)) == EXIT_USER_ERROR
+    assert f"did you mean --resume {ce_run}?" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert run_cli("train", f"data.root={missing}", f"output_dir={tmp_path}") == EXIT_USER_ERROR
+    assert f"dataset folder not found: {missing} (set data.root=FOLDER)" in capsys.readouterr().err
+
+
 def test_predict_writes_one_row_per_image(ce_run, tmp_path):
     images = tmp_path / "images"
     for i in range(3):

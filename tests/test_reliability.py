@@ -293,7 +293,9 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 1
 
     (out / "data_check.json").unlink()
+    capsys.readouterr()
     assert main(["train", "--resume", str(out), "data.num_workers=1"]) == 0
+    assert "has run all 1 epochs: testing its best.pt again" in capsys.readouterr().err
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["num_workers"] == 1
     assert (out / "data_check.json").is_file()  # the check ran again and was written
 
@@ -397,7 +399,7 @@ def test_evaluation_runs_in_float32_and_refuses_nan_predictions(data_root, tmp_p
 
 
 def test_resume_finds_a_moved_frozen_teacher_and_tensorboard_drops_rerun_epochs(
-    data_root, ce_run, tmp_path, monkeypatch
+    data_root, ce_run, tmp_path, monkeypatch, capsys
 ):
     teacher = shutil.copy(ce_run / "checkpoints" / "best.pt", tmp_path / "teacher.pt")
     out = tmp_path / "run"
@@ -411,10 +413,13 @@ def test_resume_finds_a_moved_frozen_teacher_and_tensorboard_drops_rerun_epochs(
 
     monkeypatch.setattr(Trainer, "_full_state", interrupted_after_logging_epoch_2)
     args = tiny_args(data_root, out, *frozen, f"method.teacher.checkpoint={teacher}")
+    capsys.readouterr()
     assert main(["train", *args]) == 130
+    assert f"continue with crckd train --resume {out}" in capsys.readouterr().err
     monkeypatch.undo()
     moved = shutil.move(teacher, tmp_path / "moved.pt")
     assert main(["train", "--resume", str(out), f"method.teacher.checkpoint={moved}"]) == 0
+    assert f"resuming {out} at epoch 2/2" in capsys.readouterr().err
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [event.step for event in events.Scalars("train/loss")] == [0, 1]

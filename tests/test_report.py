@@ -17,6 +17,7 @@ from crckd.engine.report import (
     expected_calibration_error,
     load_run,
     reliability_bins,
+    run_labels,
     write_report,
 )
 
@@ -213,3 +214,10 @@ def test_every_image_loads_in_headless_chromium(report, tmp_path):
     # the probe notices a broken image, so a pass above means something
     (out / "run0-roc.png").unlink()
     assert images_in_browser(out / "index.html", tmp_path)["broken"] != []
+
+
+def test_run_labels_use_as_much_of_the_path_as_tells_runs_apart(tmp_path):
+    a, b = tmp_path / "cmp" / "ce" / "seed0", tmp_path / "cmp" / "crckd" / "seed0"
+    assert run_labels([a, b]) == ["ce/seed0", "crckd/seed0"]
+    assert run_labels([a, tmp_path / "other"]) == ["seed0", "other"]
+    assert run_labels([a, a]) == ["0:seed0", "1:seed0"]

@@ -166,3 +166,10 @@ def test_compile_compiles_student_and_teacher_and_trains_like_eager(colour_ham, 
     for key, value in a.items():
         if value.is_floating_point():
             torch.testing.assert_close(b[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_a_run_too_short_for_a_term_says_so(colour_ham, tmp_path, capsys):
+    train(config_for(colour_ham, tmp_path / "run", "method.name=mt", "train.epochs=1"))
+    err = capsys.readouterr().err
+    assert "crckd: note: the kl term starts at epoch 2, after this run's 1 epochs" in err
+    assert "kd term" not in err  # never on in any epoch: nothing to say

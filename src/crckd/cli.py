@@ -28,7 +28,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         run = RunFolder(Path(args.resume))
         if not run.config.exists():
-            raise CrckdError(f"--resume {args.resume}: no config.yaml there, not a run folder")
+            hint = ""
+            if run.root.suffix == ".pt":  # a checkpoint: its run folder is two levels up
+                hint = f"; did you mean --resume {run.root.parent.parent}?"
+            raise CrckdError(
+                f"--resume {args.resume}: no config.yaml there, not a run folder{hint}"
+            )
         raw = read_yaml(run.config)
         raw["output_dir"] = str(run.root)
     elif args.config:
@@ -162,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train ce, mt and crckd on the shipped HAM10000 sample")
     p.add_argument("--out", default="runs/demo", help="parent folder of the demo runs")
-    p.add_argument("--methods", nargs="+", default=["ce", "mt", "crckd"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ce", "mt", "crckd"],
+        help="methods to train (crckd methods)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     p.set_defaults(func=_cmd_demo)
 

@@ -129,7 +129,9 @@ def _build(
 
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
             jobs = pool.map(decode, range(len(paths)))
-            for _ in tqdm(jobs, total=len(paths), desc="caching images", disable=not progress):
+            for _ in tqdm(
+                jobs, total=len(paths), desc="caching images", disable=None if progress else True
+            ):
                 pass
         array.flush()
         os.replace(tmp_name, target)

@@ -177,7 +177,11 @@ def _check_images(
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(_scan_image, paths, [report.max_pixels] * len(paths))
         bar = tqdm(
-            results, total=len(paths), desc="check images", leave=False, disable=not progress
+            results,
+            total=len(paths),
+            desc="check images",
+            leave=False,
+            disable=None if progress else True,
         )
         for path, result in zip(paths, bar, strict=True):
             if result is not None:

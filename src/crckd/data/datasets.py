@@ -87,7 +87,7 @@ def load_table(
         raise DataError(f"unknown dataset {dataset!r}; valid ones are: {', '.join(_LOADERS)}")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
+        raise DataError(f"dataset folder not found: {root} (set data.root=FOLDER)")
     return _LOADERS[name](root, csv, classes, check_files, issues)
 
 

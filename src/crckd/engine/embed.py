@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 
 from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.evaluate import load_student, resolve_device, run_model
-from crckd.engine.report import new_figure, run_test_loader
+from crckd.engine.report import new_figure, run_labels, run_test_loader
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError
 from crckd.models import Classifier
@@ -186,15 +186,16 @@ def embed_run(
 
 def embed_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per run and model: method, intra-class cosine, centroid distance."""
+    labels = run_labels([r["run"] for r in results])
     rows = [
         {
-            "run": Path(r["run"]).name,
+            "run": label,
             "method": r["method"],
             "model": name,
             "intra_class_cosine": r[name]["intra_class_cosine"],
             "centroid_distance": r[name]["centroid_distance"],
         }
-        for r in results
+        for r, label in zip(results, labels, strict=True)
         for name in ("student", "teacher")
         if r[name] is not None
     ]

@@ -146,7 +146,7 @@ def explain_images(
     out.mkdir(parents=True, exist_ok=True)
     names, rows = _overlay_names(files), []
     with GradCAM(model=LogitsOnly(student.model), target_layers=[module]) as cam:
-        for batch in tqdm(loader, desc="grad-cam", leave=False, disable=not progress):
+        for batch in tqdm(loader, desc="grad-cam", leave=False, disable=None if progress else True):
             x = batch["image"].to(torch_device)
             with torch.no_grad():
                 probs = torch.softmax(student.model(x).logits.float(), dim=1).cpu()

@@ -195,7 +195,7 @@ class ExportedModel:
 def _batched(
     forward: Callable[[np.ndarray], np.ndarray], loader: DataLoader, desc: str, progress: bool
 ) -> np.ndarray:
-    batches = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    batches = tqdm(loader, desc=desc, leave=False, disable=None if progress else True)
     return np.concatenate([forward(batch["image"].numpy()) for batch in batches])
 
 

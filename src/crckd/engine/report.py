@@ -403,11 +403,15 @@ def _clear_old_figures(out_dir: Path) -> None:
             path.unlink()
 
 
-def _labels(run_dirs: Sequence[Path]) -> list[str]:
-    names = [p.resolve().name for p in run_dirs]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{i}:{name}" for i, name in enumerate(names)]
+def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
+    """Short names that tell runs apart: the folder names, or as many trailing parts of the
+    paths as needed (`ce/seed0`, `crckd/seed0`); the same folder twice gets its position."""
+    parts = [Path(p).resolve().parts for p in run_dirs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(path[-depth:]) for path in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}:{Path(p).resolve().name}" for i, p in enumerate(run_dirs)]
 
 
 def write_report(
@@ -437,7 +441,7 @@ def write_report(
         load_run(
             p, label, data_root=data_root, batch_size=batch_size, device=device, progress=progress
         )
-        for p, label in zip(paths, _labels(paths), strict=True)
+        for p, label in zip(paths, run_labels(paths), strict=True)
     ]
     out.mkdir(parents=True, exist_ok=True)
     _clear_old_figures(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -289,6 +290,9 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train all remaining epochs, then test the model selected on the validation split."""
         state = self._start_state()
+        if self.dist.is_main:
+            for note in [*self._progress_notes(state), *self._terms_never_on()]:
+                print(f"crckd: {note}", file=sys.stderr)
         if self.dist.enabled:
             if self.config.train.sync_batchnorm:
                 convert_sync_batchnorm(self.method)
@@ -327,6 +331,14 @@ class Trainer:
                         self.run.commit_best()
                     self.run.write_epochs(state["history"])
                 self.dist.barrier()
+        except KeyboardInterrupt:
+            if self.dist.is_main and self.run.last_checkpoint.exists():
+                print(
+                    f"crckd: {self.run.last_checkpoint} holds the finished epochs: continue with "
+                    f"crckd train --resume {self.run.root}",
+                    file=sys.stderr,
+                )
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -477,6 +489,34 @@ class Trainer:
 
     def _best_state(self, epoch: int) -> dict[str, Any]:
         return self._student_state("student", epoch)
+
+    def _progress_notes(self, state: dict[str, Any]) -> list[str]:
+        """Where a resumed run stands."""
+        done, epochs = state["epoch"], self.config.train.epochs
+        if not self.resume or done == 0:
+            return []
+        if done >= epochs:
+            return [f"{self.run.root} has run all {epochs} epochs: testing its best.pt again"]
+        return [f"resuming {self.run.root} at epoch {done + 1}/{epochs}"]
+
+    def _terms_never_on(self) -> list[str]:
+        """Loss terms of the method that its schedule would switch on, but only after the last
+        epoch (a short run of `mt` or `crckd` with the paper's begin epochs is plain CE)."""
+        epochs = self.config.train.epochs
+        weights_of = self.method.loss_weights
+        schedule = [weights_of(epoch) for epoch in range(epochs)]
+        later = range(epochs, 100 * epochs + 1000)
+        notes = []
+        for name in schedule[0]:
+            if any(weights[name] for weights in schedule):
+                continue
+            first = next((epoch for epoch in later if weights_of(epoch)[name]), None)
+            if first is not None:
+                notes.append(
+                    f"note: the {name} term starts at epoch {first + 1}, after this run's {epochs} "
+                    "epochs, so it never trains: lower its begin_epoch or train longer"
+                )
+        return notes
 
     def _settle_best(self, best_epoch: int) -> None:
         """After a kill between a new best checkpoint and last.pt: keep the pending best if
