@@ -173,3 +173,12 @@ def test_a_run_too_short_for_a_term_says_so(colour_ham, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "crckd: note: the kl term starts at epoch 2, after this run's 1 epochs" in err
     assert "kd term" not in err  # never on in any epoch: nothing to say
+
+
+def test_without_a_terminal_progress_comes_as_lines(colour_ham, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainer_module, "LOG_SECONDS", 0.0)  # a line at every loss check
+    extra = ("train.epochs=1", "train.batch_size=4", "train.progress=true")
+    trainer = Trainer(config_for(colour_ham, tmp_path / "run", *extra))
+    trainer.fit()
+    out = capsys.readouterr().out  # captured: not a terminal, so no bar
+    assert f"ce epoch 1/1: step 10/{trainer.steps_per_epoch}, loss " in out

@@ -58,6 +58,8 @@ from crckd.errors import CheckpointError, ConfigError, DataError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
 from crckd.models import build_model, input_normalization
 
+# Without a progress bar (output not a terminal), the least time between two progress lines.
+LOG_SECONDS = 60.0
 # Columns of epochs.csv that measure time: the only ones that differ between identical runs.
 TIMING_COLUMNS = ("train_seconds", "data_wait_seconds")
 # Settings a resumed run may change: where the data and run are, and how this machine runs it.
@@ -386,6 +388,7 @@ class Trainer:
         )
         watch = LossWatch(every=10)
         data_seconds, waiting_since = 0.0, time.perf_counter()
+        logged, first_step = started, state["step"]
         for batch in _batches(bar):
             data_seconds += time.perf_counter() - waiting_since
             batch = self._to_device(batch)
@@ -405,7 +408,17 @@ class Trainer:
                 sums[name] += value.detach()
             if watch.due:  # the one host read of these steps
                 watch.check(epoch, str(self.run.last_checkpoint))
-                bar.set_postfix(loss=f"{total.item():.3f}")
+                loss = total.item()
+                bar.set_postfix(loss=f"{loss:.3f}")
+                now = time.perf_counter()
+                if bar.disable and cfg.progress and now - logged >= LOG_SECONDS:
+                    # No bar (output is not a terminal): a line now and then for the log.
+                    tqdm.write(
+                        f"{self.config.method.name} epoch {epoch + 1}/{cfg.epochs}: "
+                        f"step {state['step'] - first_step}/{len(loader)}, loss {loss:.4f}, "
+                        f"{now - started:.0f}s"
+                    )
+                    logged = now
             waiting_since = time.perf_counter()
         watch.check(epoch, str(self.run.last_checkpoint))
         batches = max(len(loader), 1)
