@@ -181,3 +181,13 @@ def test_a_frozen_teacher_sees_images_in_its_own_normalisation():
 def normalize(images: torch.Tensor, normalization) -> torch.Tensor:
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization)
     return (images - mean) / std
+
+
+def test_a_frozen_teacher_of_another_image_size_is_noted(
+    data_root, frozen_teacher, tmp_path, capsys
+):
+    one_epoch(
+        data_root, tmp_path / "run", "kd", "data.image_size=48", "method.teacher.mode=frozen",
+        f"method.teacher.checkpoint={frozen_teacher}",
+    )  # fmt: skip
+    assert "was trained on 32 px images; it sees this run's 48 px images" in capsys.readouterr().err

@@ -157,6 +157,7 @@ class Trainer:
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         frozen = self._frozen_teacher()
         teacher_input = None
+        self.teacher_image_size = None if frozen is None else frozen.image_size
         if frozen is not None:
             teacher_input = renormalization(self.normalization, frozen.normalization)
         context = MethodContext(
@@ -293,7 +294,8 @@ class Trainer:
         """Train all remaining epochs, then test the model selected on the validation split."""
         state = self._start_state()
         if self.dist.is_main:
-            for note in [*self._progress_notes(state), *self._terms_never_on()]:
+            notes = [*self._progress_notes(state), *self._terms_never_on(), *self._teacher_notes()]
+            for note in notes:
                 print(f"crckd: {note}", file=sys.stderr)
         if self.dist.enabled:
             if self.config.train.sync_batchnorm:
@@ -511,6 +513,17 @@ class Trainer:
         if done >= epochs:
             return [f"{self.run.root} has run all {epochs} epochs: testing its best.pt again"]
         return [f"resuming {self.run.root} at epoch {done + 1}/{epochs}"]
+
+    def _teacher_notes(self) -> list[str]:
+        """A frozen teacher trained at another image size sees the student's images as they are
+        (its input is re-normalised, not resized): say so."""
+        trained_at, size = self.teacher_image_size, self.config.data.image_size
+        if trained_at is None or trained_at == size:
+            return []
+        return [
+            f"note: the frozen teacher {self.config.method.teacher.checkpoint} was trained on "
+            f"{trained_at} px images; it sees this run's {size} px images"
+        ]
 
     def _terms_never_on(self) -> list[str]:
         """Loss terms of the method that its schedule would switch on, but only after the last
