@@ -73,12 +73,13 @@ def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_and_keep_identical_banks(tmp_path):
+@pytest.mark.parametrize("method", ["crckd", "rkd"])  # rkd: a loss over pairs of the batch
+def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
     root = make_colour_ham(tmp_path / "ham", n_per_class=10)
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     single_dir.mkdir()
     ddp_dir.mkdir()
-    common = [f"data.root={root}", *OVERRIDES]
+    common = [f"data.root={root}", *OVERRIDES, f"method.name={method}"]
     (single,) = launch(1, single_dir, [*common, f"output_dir={single_dir / 'run'}"])
     rank0, rank1 = launch(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
 
@@ -86,7 +87,9 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(tmp_path):
     # Each rank trains on its contiguous half of the single process's global batch.
     assert rank0["first_batch"] + rank1["first_batch"] == single["first_batch"]
     assert len(rank0["first_batch"]) == 8
-    for key in ("memory.memory_s", "memory.memory_t", "memory.z_s", "memory.z_t"):
+    banks = [key for key in single["method"] if key.startswith("memory.")]
+    assert len(banks) == (4 if method == "crckd" else 0)
+    for key in banks:
         torch.testing.assert_close(rank0["method"][key], rank1["method"][key], rtol=0, atol=0)
     for key, value in single["method"].items():
         torch.testing.assert_close(rank0["method"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -32,6 +32,33 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def gather_batch(tensor: Tensor) -> Tensor:
+    """The global batch of `tensor` (every rank's equal share, in rank order), with gradient.
+
+    For losses over pairs or all samples of a batch, which must see the global batch to equal
+    the single-process loss. Every rank then computes the same loss; the backward pass sums the
+    gradient over ranks and gives each its rows, so after DDP averages the parameter gradients
+    they are those of one process on the global batch.
+    """
+    if not is_distributed():
+        return tensor
+    return _GatherBatch.apply(tensor)
+
+
+class _GatherBatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        ctx.rows = tensor.shape[0]
+        return all_gather_cat(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)  # every rank's gradient of its (identical) loss, summed
+        start = rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
 def all_gather_uneven(tensor: Tensor) -> Tensor:
     """Like `all_gather_cat` for tensors whose first dimension differs between ranks."""
     if not is_distributed():

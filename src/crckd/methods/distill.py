@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from crckd.config import MethodConfig
+from crckd.dist import gather_batch
 from crckd.errors import ConfigError
 from crckd.losses import (
     VIDLoss,
@@ -142,7 +143,8 @@ class DIST(Distiller):
     term = "dist"
 
     def distill_loss(self, student, teacher, batch):
-        return dist_loss(student.logits, teacher.logits, **self.loss_params())
+        logits = gather_batch(student.logits), gather_batch(teacher.logits)
+        return dist_loss(*logits, **self.loss_params())
 
 
 @_paper(
@@ -155,7 +157,8 @@ class RelationalKD(Distiller):
     term = "rkd"
 
     def distill_loss(self, student, teacher, batch):
-        return rkd_loss(student.features, teacher.features, **self.loss_params())
+        features = gather_batch(student.features), gather_batch(teacher.features)
+        return rkd_loss(*features, **self.loss_params())
 
 
 @_paper(
@@ -168,7 +171,8 @@ class ProbabilisticKT(Distiller):
     term = "pkt"
 
     def distill_loss(self, student, teacher, batch):
-        return pkt_loss(student.features, teacher.features, **self.loss_params())
+        features = gather_batch(student.features), gather_batch(teacher.features)
+        return pkt_loss(*features, **self.loss_params())
 
 
 @_paper("cc", "correlation congruence of the 128-d features", "Peng et al., ICCV 2019", 0.02)
@@ -176,7 +180,8 @@ class CorrelationCongruence(Distiller):
     term = "cc"
 
     def distill_loss(self, student, teacher, batch):
-        return cc_loss(student.features, teacher.features, **self.loss_params())
+        features = gather_batch(student.features), gather_batch(teacher.features)
+        return cc_loss(*features, **self.loss_params())
 
 
 @_paper("sp", "similarity-preserving KD on the last stage's maps", "Tung & Mori, ICCV 2019", 3000.0)
@@ -186,7 +191,7 @@ class SimilarityPreserving(Distiller):
 
     def distill_loss(self, student, teacher, batch):
         (s,), (t,) = self.student_tap.features(), self.teacher_tap.features()
-        return sp_loss(s, t)
+        return sp_loss(gather_batch(s), gather_batch(t))
 
 
 @_paper(

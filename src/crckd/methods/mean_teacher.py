@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from crckd.dist import gather_batch
 from crckd.losses import consistency_kl, consistency_mse, sigmoid_rampup, src_loss
 from crckd.methods.registry import register_method
 from crckd.methods.teacher import TeacherMethod
@@ -68,7 +69,7 @@ class RelationMeanTeacher(MeanTeacher):
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(student, teacher, batch, weights)
         if weights["src"] > 0:
-            terms["src"] = src_loss(student.features, teacher.features)
+            terms["src"] = src_loss(gather_batch(student.features), gather_batch(teacher.features))
         return terms
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
