@@ -13,18 +13,26 @@ from conftest import make_colour_ham
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
+def gpu_reproduce(
+    tmp_path: Path, epochs: int, *options: str, overrides: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run bench/gpu_reproduce.py tiny on the CPU, on a colour HAM folder, into tmp_path/out
+    (config overrides last, where no option can take them for its values)."""
     root = make_colour_ham(tmp_path / "ham", n_per_class=10)
-    out = tmp_path / "out"
     command = [
         sys.executable,
         str(REPO / "bench" / "gpu_reproduce.py"),
-        "--data-root", str(root), "--epochs", "2", "--image-size", "32",
+        "--data-root", str(root), "--epochs", str(epochs), "--image-size", "32",
         "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
-        "--device", "cpu", "--no-cache", "--out", str(out),
+        "--device", "cpu", *options, "--out", str(tmp_path / "out"), *overrides,
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
+    out = tmp_path / "out"
+    gpu_reproduce(tmp_path, 2, "--no-cache").check_returncode()
     report = json.loads((out / "gpu_reproduce.json").read_text())
     assert set(report["results"]) == {"ce", "crckd"}
     for row in report["results"].values():
@@ -40,17 +48,9 @@ def test_gpu_reproduce_runs_tiny_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_reproduce_keeps_the_finished_methods_when_a_later_one_fails(tmp_path):
-    root = make_colour_ham(tmp_path / "ham", n_per_class=10)
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        str(REPO / "bench" / "gpu_reproduce.py"),
-        "--data-root", str(root), "--epochs", "1", "--image-size", "32",
-        "--backbone", "resnet18", "--batch-size", "16", "--workers", "0",
-        "--device", "cpu", "--methods", "ce", "no_such_method", "--out", str(out),
-        "train.lr=0.002",
-    ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True)
+    methods = ("--methods", "ce", "no_such_method")
+    finished = gpu_reproduce(tmp_path, 1, *methods, overrides=("train.lr=0.002",))
     assert finished.returncode != 0
     assert "no_such_method" in finished.stderr
     assert set(json.loads((out / "gpu_reproduce.json").read_text())["results"]) == {"ce"}
