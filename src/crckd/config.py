@@ -321,5 +321,6 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
             return ""
         model = annotation
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    full = ".".join([*(str(part) for part in loc[:-1]), close[0]]) if close else ""
-    return f"; did you mean '{full}'?" if close else ""
+    if not close:
+        return ""
+    return f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?"

@@ -218,7 +218,8 @@ def _scan_image(path: str, max_pixels: int) -> tuple[str, str] | None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
-            to_rgb(image)  # what training will do with it
+            if mode != "RGB":
+                to_rgb(image)  # what loading will do with it; it may refuse the image
     except Image.DecompressionBombError as err:
         return "too_many_pixels", str(err)
     except Image.UnidentifiedImageError:
