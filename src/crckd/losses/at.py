@@ -1,7 +1,4 @@
-"""Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (AT).
-
-Also home of ``_match_spatial``, the pooling to a common spatial size shared with VID.
-"""
+"""Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (AT)."""
 
 from __future__ import annotations
 
@@ -11,20 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
-
-
-def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool whichever of two [B, C, H, W] maps is larger to their common size.
-
-    The common size is (min H, min W); a map already at that size is returned unchanged.
-    """
-    if a.dim() != 4 or b.dim() != 4:
-        raise ValueError(f"expected [B, C, H, W] maps, got {tuple(a.shape)} and {tuple(b.shape)}")
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    a = a if a.shape[2:] == size else F.adaptive_avg_pool2d(a, size)
-    b = b if b.shape[2:] == size else F.adaptive_avg_pool2d(b, size)
-    return a, b
+from crckd.losses._common import check_pair, match_spatial
 
 
 def _energy(feat: Tensor, p: float) -> Tensor:
@@ -64,7 +48,7 @@ def at_loss(
         )
     per_layer = []
     for s, t in zip(student_feats, teacher_feats, strict=True):
-        _check_pair(s, t, batch_only=True)
-        e_s, e_t = _match_spatial(_energy(s, p), _energy(t.detach(), p))
+        check_pair(s, t, batch_only=True)
+        e_s, e_t = match_spatial(_energy(s, p), _energy(t.detach(), p))
         per_layer.append((_normalised(e_s) - _normalised(e_t)).pow(2).mean())
     return torch.stack(per_layer).mean()

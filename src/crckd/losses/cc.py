@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair
 
 
 def _taylor_rbf_correlation(emb: Tensor, gamma: float, order: int) -> Tensor:
@@ -29,7 +29,7 @@ def cc_loss(student_emb: Tensor, teacher_emb: Tensor, gamma: float = 0.4, order:
     ``CCKDLoss`` returns ‖·‖_F / B² (``torch.dist``, not squared); we follow the paper's squared
     norm. Embedding sizes may differ; the teacher side is detached.
     """
-    _check_pair(student_emb, teacher_emb, batch_only=True)
+    check_pair(student_emb, teacher_emb, batch_only=True)
     diff = _taylor_rbf_correlation(student_emb, gamma, order) - _taylor_rbf_correlation(
         teacher_emb.detach(), gamma, order
     )

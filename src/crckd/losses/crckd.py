@@ -12,13 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _batch_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """Mean over rows of KL(softmax(teacher) || softmax(student)); the teacher side is detached."""
-    log_p_s = F.log_softmax(student_logits, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach(), dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
-    return kl / student_logits.shape[0]
+from crckd.losses._common import batch_kl
 
 
 def consistency_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -27,7 +21,7 @@ def consistency_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     B is the actual batch size; the reference divides by the nominal 64 even for a smaller last
     batch, a bug we do not reproduce (§f.13). Gradient reaches the student logits only.
     """
-    return _batch_kl(student_logits, teacher_logits)
+    return batch_kl(student_logits, teacher_logits)
 
 
 def consistency_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -82,7 +76,7 @@ def crp_loss(
     """
     r_s = student_emb @ student_centroids.detach().T / temperature
     r_t = teacher_emb.detach() @ teacher_centroids.detach().T / temperature
-    return _batch_kl(r_s, r_t)
+    return batch_kl(r_s, r_t)
 
 
 def nce_loss(pos: Tensor, neg: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair
 
 
 def _mean_pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -28,7 +28,7 @@ def dist_loss(
     L_intra = 1 − (1/C) Σ_j ρ(Y_s[:, j], Y_t[:, j]) (per class, across the batch), ρ the
     Pearson correlation. The teacher side is detached.
     """
-    _check_pair(student_logits, teacher_logits)
+    check_pair(student_logits, teacher_logits)
     t = temperature
     y_s = F.softmax(student_logits / t, dim=1)
     y_t = F.softmax(teacher_logits.detach() / t, dim=1)

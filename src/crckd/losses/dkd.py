@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crckd.losses.crckd import _batch_kl
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import batch_kl, check_pair
 
 
 def _split_target(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,7 +36,7 @@ def dkd_loss(
     classes only. Needs C >= 3 (with 2 classes NCKD is identically 0). The teacher side is
     detached; the linear warm-up of the whole loss in the DKD recipe is the caller's.
     """
-    _check_pair(student_logits, teacher_logits)
+    check_pair(student_logits, teacher_logits)
     num_classes = student_logits.shape[1]
     if num_classes < 3:
         raise ValueError(
@@ -51,6 +50,6 @@ def dkd_loss(
     t = temperature
     binary_s, rest_s = _split_target(student_logits / t, labels)
     binary_t, rest_t = _split_target(teacher_logits / t, labels)
-    tckd = _batch_kl(binary_s, binary_t)
-    nckd = _batch_kl(rest_s, rest_t)
+    tckd = batch_kl(binary_s, binary_t)
+    nckd = batch_kl(rest_s, rest_t)
     return (alpha * tckd + beta * nckd) * (t * t)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair
 
 
 def fitnet_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
@@ -15,5 +15,5 @@ def fitnet_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     teacher hint's shape (checked: no broadcasting). The paper's ½·‖·‖² sum is replaced by the
     elementwise mean, as in every FitNets baseline; the teacher hint is detached.
     """
-    _check_pair(student_feat, teacher_feat)
+    check_pair(student_feat, teacher_feat)
     return F.mse_loss(student_feat, teacher_feat.detach(), reduction="mean")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair
 
 
 def _conditional_probabilities(emb: Tensor, eps: float) -> Tensor:
@@ -28,7 +28,7 @@ def pkt_loss(student_emb: Tensor, teacher_emb: Tensor, eps: float = 1e-7) -> Ten
     are averaged (the paper writes a sum). Embedding sizes may differ; the teacher side is
     detached.
     """
-    _check_pair(student_emb, teacher_emb, batch_only=True)
+    check_pair(student_emb, teacher_emb, batch_only=True)
     p = _conditional_probabilities(teacher_emb.detach(), eps)
     q = _conditional_probabilities(student_emb, eps)
     return torch.mean(p * torch.log((p + eps) / (q + eps)))

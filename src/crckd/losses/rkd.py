@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair
 
 
 def _pairwise_distances(emb: Tensor) -> Tensor:
@@ -36,7 +36,7 @@ def rkd_distance_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
 
     Inputs are flattened to [B, −1]; B >= 2. The teacher side is detached.
     """
-    _check_pair(student_emb, teacher_emb, batch_only=True)
+    check_pair(student_emb, teacher_emb, batch_only=True)
     s, t = student_emb.flatten(1), teacher_emb.detach().flatten(1)
     return F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t), reduction="mean")
 
@@ -46,7 +46,7 @@ def rkd_angle_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
 
     Inputs are flattened to [B, −1]. The teacher side is detached.
     """
-    _check_pair(student_emb, teacher_emb, batch_only=True)
+    check_pair(student_emb, teacher_emb, batch_only=True)
     s, t = student_emb.flatten(1), teacher_emb.detach().flatten(1)
     return F.smooth_l1_loss(_angles(s), _angles(t), reduction="mean")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from crckd.losses.sp import _relation_distance
+from crckd.losses._common import relation_distance
 
 
 def src_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
@@ -16,4 +16,4 @@ def src_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     code (sum of the elementwise squares / batch size). So L_SRC = B · L_SP, and the published
     SRC weights apply unchanged. The teacher (EMA) side is detached.
     """
-    return _relation_distance(student_feat, teacher_feat) / student_feat.shape[0]
+    return relation_distance(student_feat, teacher_feat) / student_feat.shape[0]

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crckd.losses.at import _match_spatial
-from crckd.losses.kd import _check_pair
+from crckd.losses._common import check_pair, match_spatial
 
 
 class VIDLoss(nn.Module):
@@ -54,8 +53,8 @@ class VIDLoss(nn.Module):
         return F.softplus(self.alpha) + self.eps
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
-        student_feat, teacher_feat = _match_spatial(student_feat, teacher_feat.detach())
+        student_feat, teacher_feat = match_spatial(student_feat, teacher_feat.detach())
         mean = self.regressor(student_feat)
-        _check_pair(mean, teacher_feat)
+        check_pair(mean, teacher_feat)
         var = self.variance().view(1, -1, 1, 1)
         return (0.5 * (var.log() + (teacher_feat - mean).pow(2) / var)).mean()
