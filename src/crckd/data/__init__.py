@@ -4,13 +4,15 @@ from crckd.data.check import DataReport, Finding, check_dataset
 from crckd.data.datasets import (
     APTOS_CLASSES,
     HAM10000_CLASSES,
+    ImageDataset,
+    ImageTable,
+    load_table,
+)
+from crckd.data.images import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     PIXEL_LIMIT_ENV,
-    ImageDataset,
-    ImageTable,
     list_images,
-    load_table,
     max_image_pixels,
     open_rgb,
 )

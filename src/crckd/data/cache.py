@@ -23,7 +23,7 @@ import PIL
 from PIL import Image
 from tqdm.auto import tqdm
 
-from crckd.data.datasets import open_rgb
+from crckd.data.images import open_rgb
 from crckd.data.transforms import resize
 from crckd.errors import DataError
 

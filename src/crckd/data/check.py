@@ -24,11 +24,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from crckd.data.datasets import (
+from crckd.data.datasets import first_items, load_table
+from crckd.data.images import (
     PIXEL_LIMIT_ENV,
     allow_pixels,
-    first_items,
-    load_table,
     max_image_pixels,
     pixel_limit_error,
     to_rgb,

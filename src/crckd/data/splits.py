@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from crckd.data.datasets import ImageTable, _line, _read_csv, first_items
+from crckd.data.csvio import csv_line, read_csv
+from crckd.data.datasets import ImageTable, first_items
 from crckd.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -85,12 +86,12 @@ def load_split(path: str | Path, table: ImageTable) -> pd.Series:
     """Read a split CSV and check it against `table`: known values, known and complete ids, no
     duplicate ids and no group crossing sets. Returns it in table order."""
     path = Path(path)
-    frame = _read_csv(path, ("image_id", "split"))
+    frame = read_csv(path, ("image_id", "split"))
     values = frame["split"].str.lower()
     bad = np.flatnonzero(~values.isin(SPLIT_NAMES))
     if len(bad):
         raise DataError(
-            f"{path}, line {_line(bad[0])}: split {frame['split'].iloc[bad[0]]!r} is not one of "
+            f"{path}, line {csv_line(bad[0])}: split {frame['split'].iloc[bad[0]]!r} is not one of "
             f"{', '.join(SPLIT_NAMES)}"
         )
     ids = frame["image_id"]
