@@ -30,9 +30,10 @@ import torch
 from crckd.config import build_config, deep_merge, load_config
 from crckd.data import load_table, train_transform
 from crckd.data.cache import DecodedImages
-from crckd.engine import predict_paths, train
+from crckd.engine import train
 from crckd.engine.data import make_loader, prepare_data
 from crckd.models import input_normalization
+from crckd.tools import predict_paths
 
 
 def plain_loop(config) -> float:

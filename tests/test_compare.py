@@ -6,7 +6,7 @@ import yaml
 
 from conftest import FAST, make_colour_ham
 from crckd.cli import EXIT_USER_ERROR, main
-from crckd.engine.compare import bar_chart, markdown_table, plan_runs, summarize
+from crckd.tools.compare import bar_chart, markdown_table, plan_runs, summarize
 
 
 def test_plan_covers_methods_seeds_and_folds():

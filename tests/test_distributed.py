@@ -16,7 +16,7 @@ from crckd.config import load_config
 from crckd.data import eval_transform
 from crckd.data.datasets import ImageDataset
 from crckd.engine.distributed import convert_sync_batchnorm, wrap_trainable
-from crckd.engine.evaluate import run_model
+from crckd.engine.inference import run_model
 from crckd.methods import MethodContext, available_methods, get_method
 from crckd.models import build_model
 

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import FAST, make_colour_ham
 from crckd.cli import main
 from crckd.engine import load_checkpoint, load_student, save_checkpoint
-from crckd.engine.embed import (
+from crckd.tools.embed import (
     centroid_distance,
     embed_run,
     feature_statistics,

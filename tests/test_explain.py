@@ -10,8 +10,8 @@ from PIL import Image
 from conftest import write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import HAM10000_CLASSES
-from crckd.engine.explain import default_layer, explain_images, resolve_layer
 from crckd.models import build_model
+from crckd.tools.explain import default_layer, explain_images, resolve_layer
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import eval_transform, list_images, open_rgb, sample_root
-from crckd.engine import export as export_module
 from crckd.engine import load_student
-from crckd.engine.export import ParityError, card_path, export_student, training_data
 from crckd.engine.metrics import SCALAR_METRICS
+from crckd.tools import export as export_module
+from crckd.tools.export import ParityError, card_path, export_student, training_data
 
 SAMPLE_IMAGES = sorted(list_images([sample_root()]))[:24]
 CARD_KEYS = {

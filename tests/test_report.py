@@ -13,7 +13,7 @@ from PIL import Image
 
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import HAM10000_CLASSES
-from crckd.engine.report import (
+from crckd.tools.report import (
     expected_calibration_error,
     load_run,
     reliability_bins,

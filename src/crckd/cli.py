@@ -50,8 +50,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from crckd.engine import evaluate_checkpoint
     from crckd.engine.metrics import format_metrics_table
+    from crckd.tools import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(
         args.checkpoint,
@@ -68,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from crckd.engine import predict_paths
+    from crckd.tools import predict_paths
 
     frame = predict_paths(
         args.checkpoint, args.paths, args.out, batch_size=args.batch_size, device=args.device
@@ -84,7 +84,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from crckd.config import apply_overrides, read_yaml
-    from crckd.engine.compare import markdown_table, plan_runs, run_comparison, write_comparison
+    from crckd.tools.compare import markdown_table, plan_runs, run_comparison, write_comparison
 
     raw = apply_overrides(read_yaml(args.config), args.overrides)
     out = Path(args.out)
@@ -95,7 +95,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}"
     )
     if args.report:
-        from crckd.engine.report import write_report
+        from crckd.tools.report import write_report
 
         plan = plan_runs(args.methods, args.seeds, args.folds)
         runs = [out / run.method / run.name for run in plan]

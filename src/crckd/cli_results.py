@@ -1,6 +1,6 @@
 """Commands that look at and ship results: `report`, `embed`, `explain`, `export`.
 
-A thin layer over `crckd.engine.report`, `.embed`, `.explain` and `.export`; CrckdError
+A thin layer over `crckd.tools.report`, `.embed`, `.explain` and `.export`; CrckdError
 propagates to `crckd.cli.main`, which prints it and exits with code 2.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from crckd.engine.report import write_report
+    from crckd.tools.report import write_report
 
     result = write_report(
         args.run_dirs,
@@ -26,7 +26,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from crckd.engine.embed import embed_run, embed_table
+    from crckd.tools.embed import embed_run, embed_table
 
     results = []
     for i, run_dir in enumerate(args.run_dirs):
@@ -48,7 +48,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
-    from crckd.engine.explain import explain_images
+    from crckd.tools.explain import explain_images
 
     table = explain_images(
         args.checkpoint,
@@ -63,7 +63,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from crckd.engine.export import export_student
+    from crckd.tools.export import export_student
 
     result = export_student(
         args.checkpoint,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from crckd.dist import all_reduce_mean, unwrap
-from crckd.engine.evaluate import resolve_device
+from crckd.engine.inference import resolve_device
 from crckd.errors import ConfigError
 
 

@@ -44,8 +44,8 @@ from crckd.engine.distributed import (
     shutdown_distributed,
     wrap_trainable,
 )
-from crckd.engine.evaluate import LoadedStudent, load_student, predict_probs
 from crckd.engine.finite import LossWatch
+from crckd.engine.inference import LoadedStudent, load_student, predict_probs
 from crckd.engine.metrics import (
     SCALAR_METRICS,
     classification_metrics,

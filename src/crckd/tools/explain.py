@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crckd.data import list_images, open_rgb
-from crckd.engine.evaluate import image_loader, load_student, resolve_device
+from crckd.engine.inference import image_loader, load_student, resolve_device
 from crckd.engine.run_folder import atomic_write_text
 from crckd.errors import ConfigError, CrckdError
 from crckd.models import Classifier

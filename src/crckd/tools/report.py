@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from crckd import __version__
 from crckd.data import load_split, load_table, split_indices
-from crckd.engine.evaluate import (
+from crckd.engine.inference import (
     LoadedStudent,
     load_student,
     predict_probs,
@@ -37,6 +36,7 @@ from crckd.engine.evaluate import (
 from crckd.engine.metrics import SCALAR_METRICS, per_class_table
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from crckd.tools.plots import new_figure
 
 ECE_BINS = 15
 _OWN_PNG = re.compile(r"^(run\d+|compare)-[\w.-]+\.png$")
@@ -161,14 +161,6 @@ def load_run(
 
 
 # --- figures -------------------------------------------------------------------------------
-
-
-def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **subplots: Any):
-    """A figure on matplotlib's Agg canvas (no display needed) and its [nrows, ncols] axes."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
-    return fig, axes
 
 
 def _save(fig: Figure, path: Path) -> str:

@@ -21,11 +21,12 @@ from numpy.typing import ArrayLike
 from sklearn.manifold import TSNE
 
 from crckd.engine.checkpoint import load_checkpoint
-from crckd.engine.evaluate import load_student, resolve_device, run_model
-from crckd.engine.report import new_figure, run_labels, run_test_loader
+from crckd.engine.inference import load_student, resolve_device, run_model
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError
 from crckd.models import Classifier
+from crckd.tools.plots import new_figure
+from crckd.tools.report import run_labels, run_test_loader
 
 TEACHER_PREFIX = "teacher."
 

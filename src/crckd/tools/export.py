@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from crckd import __version__
 from crckd.data import Normalization, list_images, sample_root
-from crckd.engine.evaluate import LoadedStudent, image_loader, load_student, predict_probs
+from crckd.engine.inference import LoadedStudent, image_loader, load_student, predict_probs
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, CrckdError

@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 
 from crckd.config import build_config, config_to_dict, deep_merge, read_yaml
 from crckd.engine.metrics import SCALAR_METRICS
-from crckd.engine.report import new_figure
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.engine.trainer import train, training_changes
 from crckd.errors import ConfigError
+from crckd.tools.plots import new_figure
 
 CHART_METRICS = ("balanced_accuracy", "f1_macro", "auc_macro", "kappa")
 
