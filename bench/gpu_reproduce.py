@@ -27,9 +27,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from crckd.config import apply_overrides, build_config
+from crckd.config import apply_overrides
 from crckd.engine import train
 from crckd.engine.metrics import SCALAR_METRICS
+from crckd.methods import build_config
 
 PAPER_EPOCHS, PAPER_BEGIN, PAPER_RAMPUP = 80, 20, 30
 

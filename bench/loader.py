@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from crckd.config import load_config
 from crckd.data import load_table, train_transform
 from crckd.data.cache import DecodedImages
 from crckd.engine.data import make_loader
+from crckd.methods import load_config
 from step_overhead import StepRunner
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crckd.config import load_config
-from crckd.methods import MethodContext, get_method
+from crckd.methods import MethodContext, get_method, load_config
 from crckd.models import build_model
 
 

@@ -27,11 +27,12 @@ import pandas as pd
 import timm
 import torch
 
-from crckd.config import build_config, deep_merge, load_config
+from crckd.config import deep_merge
 from crckd.data import load_table, train_transform
 from crckd.data.cache import DecodedImages
 from crckd.engine import train
 from crckd.engine.data import make_loader, prepare_data
+from crckd.methods import build_config, load_config
 from crckd.models import input_normalization
 from crckd.tools import predict_paths
 

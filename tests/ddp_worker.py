@@ -7,10 +7,10 @@ import sys
 
 import torch
 
-from crckd.config import load_config
 from crckd.dist import world_size
 from crckd.engine import Trainer
 from crckd.engine.distributed import plain_state_dict
+from crckd.methods import load_config
 
 if __name__ == "__main__":
     out, overrides = sys.argv[1], sys.argv[2:]

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from conftest import FAST, make_colour_ham
-from crckd.config import load_config
 from crckd.engine import train
 from crckd.engine.trainer import renormalization
 from crckd.errors import ConfigError
-from crckd.methods import MethodContext, available_methods, get_method
+from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
 
 METHODS = [spec.name for spec in available_methods()]
@@ -133,10 +132,41 @@ def test_kd_can_be_added_to_any_method_by_weight():
 def test_unknown_loss_parameter_is_a_config_error():
     config = load_config(overrides=["method.name=dist", "method.distill.params={alpha: 2}"])
     context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
-    method = get_method("dist").cls(build_model("resnet18", 3), config.method, context)
-    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
     with pytest.raises(ConfigError, match="alpha"):
-        method.train().training_losses(batch, epoch=0)
+        get_method("dist").cls(build_model("resnet18", 3), config.method, context)
+
+
+def test_a_bad_loss_parameter_names_the_key_the_method_and_the_accepted_keys():
+    config = load_config(overrides=["method.name=dkd", "method.distill.params={gama: 2}"])
+    context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
+    match = r"'gama' for method 'dkd' \(dkd_loss\); accepted keys: alpha, beta, temperature$"
+    with pytest.raises(ConfigError, match=match):
+        get_method("dkd").cls(build_model("resnet18", 3), config.method, context)
+
+
+@pytest.mark.parametrize("name", ["ce", "kd", "mt", "crckd", "sp", "fitnet"])
+def test_loss_parameters_are_refused_by_a_method_that_takes_none(name):
+    config = load_config(overrides=[f"method.name={name}", "method.distill.params={alpha: 2}"])
+    context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32)
+    with pytest.raises(ConfigError, match=rf"'alpha' for method '{name}'.*; it accepts no keys$"):
+        get_method(name).cls(build_model("resnet18", 3), config.method, context)
+
+
+def test_a_loss_parameter_is_bound_when_the_method_is_built():
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
+    losses = {}
+    for params in ("{}", "{beta: 0}"):
+        torch.manual_seed(0)
+        student, teacher = build_model("resnet18", 3), build_model("resnet18", 3)
+        context = MethodContext(
+            3, np.arange(12) % 3, None, 1, image_size=32, frozen_teacher=teacher
+        )
+        overrides = ["method.name=dkd", "method.teacher.mode=frozen"]
+        config = load_config(overrides=[*overrides, f"method.distill.params={params}"])
+        method = get_method("dkd").cls(student, config.method, context).train()
+        losses[params] = method.training_losses(batch, epoch=0)["dkd"]
+    # beta = 0 drops the non-target term (NCKD >= 0) of the default beta = 8
+    assert losses["{beta: 0}"] < losses["{}"]
 
 
 def test_feature_map_methods_tap_without_changing_the_forward():

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import FAST, make_colour_ham, make_ham_layout, write_image
-from crckd.config import load_config
 from crckd.data import cache as cache_module
 from crckd.data import eval_transform, load_table, open_rgb
 from crckd.data.cache import DecodedImages
 from crckd.engine import train
 from crckd.errors import DataError
+from crckd.methods import load_config
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """Config parsing: overrides, presets, method defaults and the errors users see."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from crckd.config import Config, load_config, parse_override
+from crckd.config import Config, parse_override
 from crckd.errors import ConfigError
+from crckd.methods import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +104,16 @@ def test_docs_list_every_config_key():
     documented = (REPO / "docs" / "config.md").read_text()
     missing = [key for key in _keys(Config) if f"`{key}`" not in documented]
     assert not missing
+
+
+def test_reading_a_config_imports_neither_torch_nor_timm(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: {name: crckd, preset: paper_faithful}\ntrain: {epochs: 2}\n")
+    script = (
+        "import sys\n"
+        "from crckd.config import read_yaml, validate_config\n"
+        f"config = validate_config(read_yaml({str(path)!r}), method_defaults=lambda name: {{}})\n"
+        "assert config.train.report_last_k == 11, config\n"
+        "assert not {'torch', 'timm'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

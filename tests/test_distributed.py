@@ -12,12 +12,11 @@ import torch
 import torch.distributed as dist
 
 from conftest import make_colour_ham
-from crckd.config import load_config
 from crckd.data import eval_transform
 from crckd.data.datasets import ImageDataset
 from crckd.engine.distributed import convert_sync_batchnorm, wrap_trainable
 from crckd.engine.inference import run_model
-from crckd.methods import MethodContext, available_methods, get_method
+from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -18,10 +18,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from crckd.config import load_config
 from crckd.data import normalize_images, rotate_flip_batch
 from crckd.engine.finite import LossWatch
-from crckd.methods import MethodContext, available_methods, get_method
+from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
 
 NUM_CLASSES, N_DATA, BATCH = 3, 48, 8

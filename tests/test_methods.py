@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from crckd.config import load_config
 from crckd.errors import ConfigError
 from crckd.losses import sigmoid_rampup
-from crckd.methods import MethodContext, get_method
+from crckd.methods import MethodContext, get_method, load_config
 from crckd.models import build_model
 
 NUM_CLASSES = 3

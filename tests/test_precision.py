@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from crckd.config import load_config
 from crckd.engine.precision import resolve_precision
 from crckd.errors import ConfigError
+from crckd.methods import load_config
 
 
 def precision_for(device: str, *overrides: str):

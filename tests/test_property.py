@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import make_ham_layout, write_image
-from crckd.config import Config, build_config, load_config, parse_override
+from crckd.config import Config, parse_override
 from crckd.data import ImageTable, check_dataset, load_split, load_table, open_rgb
 from crckd.errors import ConfigError, DataError
+from crckd.methods import build_config, load_config
 
 SETTINGS = settings(
     max_examples=60,

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_colour_ham, png_header, write_image
 from crckd.cli import EXIT_USER_ERROR, main
-from crckd.config import config_to_dict, load_config
+from crckd.config import config_to_dict
 from crckd.data import list_images
 from crckd.engine import RunFolder, Trainer, load_checkpoint, save_checkpoint, train
 from crckd.engine import run_folder as run_folder_module
@@ -25,7 +25,7 @@ from crckd.engine import trainer as trainer_module
 from crckd.engine.distributed import Distributed
 from crckd.engine.run_folder import atomic_write_text
 from crckd.errors import ConfigError, DataError, NumericalError, RunFolderError
-from crckd.methods import get_method
+from crckd.methods import get_method, load_config
 from crckd.models import build_model
 
 TINY = [

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import FAST, make_colour_ham
-from crckd.config import load_config
 from crckd.data import HAM10000_CLASSES
 from crckd.engine import Trainer, load_checkpoint, train
 from crckd.engine import trainer as trainer_module
 from crckd.engine.trainer import TIMING_COLUMNS
 from crckd.errors import ConfigError, NumericalError, RunFolderError
+from crckd.methods import load_config
 
 
 @pytest.fixture(scope="module")

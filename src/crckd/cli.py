@@ -21,9 +21,10 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from crckd.config import apply_overrides, build_config, config_source, read_yaml
+    from crckd.config import apply_overrides, config_source, read_yaml
     from crckd.engine import RunFolder, train
     from crckd.engine.metrics import format_metrics_table
+    from crckd.methods import build_config
 
     if args.resume:
         run = RunFolder(Path(args.resume))

@@ -2,13 +2,15 @@
 
 A config is plain data (no code is executed while reading it): YAML is parsed with a safe
 loader and validated by pydantic, so an unknown key or a wrong type is a `ConfigError` that
-names the key, before anything is trained or written.
+names the key, before anything is trained or written. A method's registered defaults are
+passed in (`crckd.methods.build_config` does): this module imports nothing of crckd but errors.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,14 +241,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw mapping, applying the method's registered defaults and its preset.
+def validate_config(
+    raw: dict[str, Any],
+    source: str = "config",
+    *,
+    method_defaults: Callable[[str], dict[str, Any]],
+) -> Config:
+    """Layer the settings under `raw` and validate them (`crckd.methods.build_config` passes the
+    registry's `method_defaults`).
 
-    Precedence, lowest first: field defaults, the method's registered settings (for ablations
-    such as `mt+crp`), the preset, then the user's file and overrides.
+    Precedence, lowest first: field defaults, `method_defaults(method.name)` (for ablations such
+    as `mt+crp`), the preset, then the user's file and overrides (`raw`).
     """
-    from crckd.methods.registry import method_defaults
-
     method = raw.get("method", {}) if isinstance(raw.get("method"), dict) else {}
     preset_name = method.get("preset", "default")
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
@@ -269,12 +275,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for text in overrides:
         raw = deep_merge(raw, parse_override(text))
     return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML file (optional) and apply `key=value` overrides."""
-    raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
-    return build_config(raw, source=config_source(path, overrides))
 
 
 def config_source(path: str | Path | None, overrides: list[str] | None) -> str:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from crckd.config import build_config, deep_merge, read_yaml
+from crckd.config import deep_merge, read_yaml
 from crckd.data import sample_root
 from crckd.engine import train
 from crckd.engine.metrics import SCALAR_METRICS
+from crckd.methods import build_config
 
 
 def demo_config_path() -> Path:

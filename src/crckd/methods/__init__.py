@@ -1,4 +1,7 @@
-"""Training methods: each owns the student, any teacher, heads and memory banks."""
+"""Training methods: each owns the student, any teacher, heads and memory banks.
+
+`build_config` and `load_config` make a run's `Config` with the method's registered defaults.
+"""
 
 from crckd.methods import ce, distill, mean_teacher, teacher  # noqa: F401  (registration)
 from crckd.methods import crckd as _crckd  # noqa: F401  (registration)
@@ -7,7 +10,9 @@ from crckd.methods.registry import (
     METHODS,
     MethodSpec,
     available_methods,
+    build_config,
     get_method,
+    load_config,
     register_method,
 )
 
@@ -17,6 +22,8 @@ __all__ = [
     "MethodContext",
     "MethodSpec",
     "available_methods",
+    "build_config",
     "get_method",
+    "load_config",
     "register_method",
 ]

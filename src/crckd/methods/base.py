@@ -8,8 +8,10 @@ counts that epoch. The trainer sums `weight * term`, logs every term, and calls 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from crckd.config import MethodConfig
 from crckd.dist import all_reduce_mean, world_size
+from crckd.errors import ConfigError
 from crckd.models import Classifier
 
 
@@ -40,8 +43,11 @@ class Method(nn.Module):
     """Base class: weighted cross-entropy on the student only (the `ce` baseline)."""
 
     views: ClassVar[int] = 1
+    # The loss whose keyword arguments `method.distill.params` sets; None: the method takes none.
+    loss_function: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
+        check_loss_params(self.loss_function, config.distill.params, config.name)
         super().__init__()
         self.student = student
         self.config = config
@@ -81,3 +87,23 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (never the teacher's)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def check_loss_params(
+    loss: Callable[..., Any] | None, params: Mapping[str, float], method: str
+) -> None:
+    """Refuse a key of `method.distill.params` that is not a keyword parameter of `loss` (one
+    with a default; for a class, of its constructor)."""
+    accepted: list[str] = []
+    if loss is not None:
+        for name, parameter in inspect.signature(loss).parameters.items():
+            keyword = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            if keyword and parameter.default is not parameter.empty:
+                accepted.append(name)
+    unknown = [key for key in params if key not in accepted]
+    if unknown:
+        of = f" ({loss.__name__})" if loss is not None else ""
+        keys = f"accepted keys: {', '.join(accepted)}" if accepted else "it accepts no keys"
+        raise ConfigError(
+            f"method.distill.params: unknown key {unknown[0]!r} for method {method!r}{of}; {keys}"
+        )

@@ -4,12 +4,15 @@ Each works with either teacher mode (EMA or frozen checkpoint). Feature maps com
 hooks on the stage outputs timm lists for the backbone (`method.distill.layers` overrides);
 small heads absorb channel mismatches between student and teacher. Default weights follow the
 papers' or RepDistiller's CIFAR settings; `method.distill.weight` changes them and
-`method.distill.params` passes keyword arguments to the loss function.
+`method.distill.params` sets keyword arguments of the loss function, bound when the method is
+built (a key the loss does not take is a `ConfigError` then).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -40,9 +43,11 @@ class Distiller(TeacherMethod, abc.ABC):
 
     term: ClassVar[str]
     stages: ClassVar[int] = 0  # feature-map stages tapped (0: the method needs no maps)
+    loss_function: ClassVar[Callable[..., Any]]
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
-        super().__init__(student, config, context)
+        super().__init__(student, config, context)  # checks method.distill.params
+        self.loss = functools.partial(self.loss_function, **config.distill.params)
         self.student_tap = self.teacher_tap = None
         if self.stages:
             layers = config.distill.layers
@@ -65,9 +70,6 @@ class Distiller(TeacherMethod, abc.ABC):
         pairs = zip(self.student_tap.features(), self.teacher_tap.features(), strict=True)
         return [(s.shape[1], t.shape[1]) for s, t in pairs]
 
-    def loss_params(self) -> dict[str, Any]:
-        return dict(self.config.distill.params)
-
     @abc.abstractmethod
     def distill_loss(
         self, student: ClassifierOutput, teacher: ClassifierOutput, batch: dict[str, Tensor]
@@ -83,12 +85,7 @@ class Distiller(TeacherMethod, abc.ABC):
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(student, teacher, batch, weights)
         if weights[self.term] > 0:
-            try:
-                terms[self.term] = self.distill_loss(student, teacher, batch)
-            except TypeError as exc:
-                if "unexpected keyword argument" not in str(exc):
-                    raise  # a bug, not a setting: keep its traceback
-                raise ConfigError(f"method.distill.params: {exc}") from None
+            terms[self.term] = self.distill_loss(student, teacher, batch)
         return terms
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
@@ -120,6 +117,7 @@ def _paper(name: str, summary: str, reference: str, weight: float, **distill: An
 )
 class DecoupledKD(Distiller):
     term = "dkd"
+    loss_function = staticmethod(dkd_loss)
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         if context.num_classes < 3:
@@ -130,7 +128,7 @@ class DecoupledKD(Distiller):
         super().__init__(student, config, context)
 
     def distill_loss(self, student, teacher, batch):
-        return dkd_loss(student.logits, teacher.logits, batch["label"], **self.loss_params())
+        return self.loss(student.logits, teacher.logits, batch["label"])
 
 
 @_paper(
@@ -141,10 +139,11 @@ class DecoupledKD(Distiller):
 )
 class DIST(Distiller):
     term = "dist"
+    loss_function = staticmethod(dist_loss)
 
     def distill_loss(self, student, teacher, batch):
         logits = gather_batch(student.logits), gather_batch(teacher.logits)
-        return dist_loss(*logits, **self.loss_params())
+        return self.loss(*logits)
 
 
 @_paper(
@@ -155,10 +154,11 @@ class DIST(Distiller):
 )
 class RelationalKD(Distiller):
     term = "rkd"
+    loss_function = staticmethod(rkd_loss)
 
     def distill_loss(self, student, teacher, batch):
         features = gather_batch(student.features), gather_batch(teacher.features)
-        return rkd_loss(*features, **self.loss_params())
+        return self.loss(*features)
 
 
 @_paper(
@@ -169,29 +169,32 @@ class RelationalKD(Distiller):
 )
 class ProbabilisticKT(Distiller):
     term = "pkt"
+    loss_function = staticmethod(pkt_loss)
 
     def distill_loss(self, student, teacher, batch):
         features = gather_batch(student.features), gather_batch(teacher.features)
-        return pkt_loss(*features, **self.loss_params())
+        return self.loss(*features)
 
 
 @_paper("cc", "correlation congruence of the 128-d features", "Peng et al., ICCV 2019", 0.02)
 class CorrelationCongruence(Distiller):
     term = "cc"
+    loss_function = staticmethod(cc_loss)
 
     def distill_loss(self, student, teacher, batch):
         features = gather_batch(student.features), gather_batch(teacher.features)
-        return cc_loss(*features, **self.loss_params())
+        return self.loss(*features)
 
 
 @_paper("sp", "similarity-preserving KD on the last stage's maps", "Tung & Mori, ICCV 2019", 3000.0)
 class SimilarityPreserving(Distiller):
     term = "sp"
     stages = 1
+    loss_function = staticmethod(sp_loss)
 
     def distill_loss(self, student, teacher, batch):
         (s,), (t,) = self.student_tap.features(), self.teacher_tap.features()
-        return sp_loss(gather_batch(s), gather_batch(t))
+        return self.loss(gather_batch(s), gather_batch(t))
 
 
 @_paper(
@@ -200,11 +203,10 @@ class SimilarityPreserving(Distiller):
 class AttentionTransfer(Distiller):
     term = "at"
     stages = 3
+    loss_function = staticmethod(at_loss)
 
     def distill_loss(self, student, teacher, batch):
-        return at_loss(
-            self.student_tap.features(), self.teacher_tap.features(), **self.loss_params()
-        )
+        return self.loss(self.student_tap.features(), self.teacher_tap.features())
 
 
 @_paper(
@@ -216,6 +218,7 @@ class AttentionTransfer(Distiller):
 class FitNet(Distiller):
     term = "fitnet"
     stages = 1
+    loss_function = staticmethod(fitnet_loss)
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         super().__init__(student, config, context)
@@ -230,7 +233,7 @@ class FitNet(Distiller):
         hint = self.regressor(s)
         if hint.shape[-2:] != t.shape[-2:]:
             hint = nn.functional.adaptive_avg_pool2d(hint, t.shape[-2:])
-        return fitnet_loss(hint, t)
+        return self.loss(hint, t)
 
 
 @_paper(
@@ -242,12 +245,12 @@ class FitNet(Distiller):
 class VariationalInformation(Distiller):
     term = "vid"
     stages = 3
+    loss_function = VIDLoss
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         super().__init__(student, config, context)
         self.estimators = _VIDEstimators(
-            VIDLoss(s, t, t, **self.loss_params())
-            for s, t in self.feature_channels(context.image_size)
+            self.loss(s, t, t) for s, t in self.feature_channels(context.image_size)
         )
 
     def distill_loss(self, student, teacher, batch):

@@ -2,7 +2,8 @@
 
 A method is registered once with its paper reference; ablations register the same class under
 another name with different default settings (for example `mt+crp` is CRCKD with the CCD weight
-set to 0). Adding a method never touches the trainer.
+set to 0). Adding a method never touches the trainer. `build_config` and `load_config` make a
+`Config` with those defaults layered under the user's settings.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crckd.config import Config, apply_overrides, config_source, read_yaml, validate_config
 from crckd.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,6 +62,17 @@ def get_method(name: str) -> MethodSpec:
 def method_defaults(name: str) -> dict[str, Any]:
     """The method-config settings an entry starts from (used when configs are built)."""
     return get_method(name).defaults
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw mapping over the method's registered defaults and its preset."""
+    return validate_config(raw, source, method_defaults=method_defaults)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (optional), apply `key=value` overrides and build the config."""
+    raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
+    return build_config(raw, source=config_source(path, overrides))
 
 
 def available_methods() -> list[MethodSpec]:

@@ -16,11 +16,12 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from crckd.config import build_config, config_to_dict, deep_merge, read_yaml
+from crckd.config import config_to_dict, deep_merge, read_yaml
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.engine.trainer import train, training_changes
 from crckd.errors import ConfigError
+from crckd.methods import build_config
 from crckd.tools.plots import new_figure
 
 CHART_METRICS = ("balanced_accuracy", "f1_macro", "auc_macro", "kappa")
