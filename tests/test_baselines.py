@@ -10,9 +10,9 @@ import torch
 from conftest import FAST, make_colour_ham
 from crckd.config import load_config
 from crckd.engine import train
-from crckd.engine.trainer import renormalization
 from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method
+from crckd.methods.frozen_teacher import FrozenTeacher, renormalization
 from crckd.models import build_model
 
 METHODS = [spec.name for spec in available_methods()]
@@ -126,7 +126,8 @@ def test_kd_can_be_added_to_any_method_by_weight():
         "label": torch.tensor([0, 1, 2, 0]),
         "index": torch.arange(4),
     }
-    assert set(method.train().training_losses(batch, epoch=0)) == {"ce", "kd", "rkd"}
+    terms = method.train().training_losses(batch, 0, method.loss_weights(0))
+    assert set(terms) == {"ce", "kd", "rkd"}
     assert method.loss_weights(0)["kd"] == 0.5
 
 
@@ -136,7 +137,7 @@ def test_unknown_loss_parameter_is_a_config_error():
     method = get_method("dist").cls(build_model("resnet18", 3), config.method, context)
     batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
     with pytest.raises(ConfigError, match="alpha"):
-        method.train().training_losses(batch, epoch=0)
+        method.train().training_losses(batch, 0, method.loss_weights(0))
 
 
 def test_feature_map_methods_tap_without_changing_the_forward():
@@ -168,9 +169,11 @@ def test_a_frozen_teacher_sees_images_in_its_own_normalisation():
     teacher = build_model("resnet18", 3)
     seen = []
     teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    frozen = FrozenTeacher(teacher, ("a", "b", "c"), 8, teacher_norm, Path("teacher.pt"))
+    assert frozen.input_map(student_norm) == (scale, shift)
     context = MethodContext(
-        3, np.arange(12) % 3, None, 1, image_size=8, frozen_teacher=teacher,
-        teacher_input=(scale, shift),
+        3, np.arange(12) % 3, None, 1, image_size=8, normalization=student_norm,
+        frozen_teacher=frozen,
     )  # fmt: skip
     method = get_method("kd").cls(build_model("resnet18", 3), config.method, context)
     method.teacher_output({"image": as_student})

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from crckd.config import build_config, config_to_dict, deep_merge, read_yaml
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.report import new_figure
+from crckd.engine.resume import training_changes
 from crckd.engine.run_folder import RunFolder, atomic_write_text
-from crckd.engine.trainer import train, training_changes
+from crckd.engine.trainer import train
 from crckd.errors import ConfigError
 
 CHART_METRICS = ("balanced_accuracy", "f1_macro", "auc_macro", "kappa")
