@@ -64,8 +64,8 @@ class StepRunner:
             "index": index,
         }
         started = time.perf_counter()
-        terms = self.method.training_losses(batch, epoch)
         weights = self.method.loss_weights(epoch)
+        terms = self.method.training_losses(batch, epoch, weights)
         total = sum(weights[k] * v for k, v in terms.items() if weights[k])
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import FAST, make_colour_ham
+from crckd.data.transforms import IMAGENET_NORMALIZATION
 from crckd.engine import train
-from crckd.engine.trainer import renormalization
 from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method, load_config
+from crckd.methods.frozen_teacher import FrozenTeacher, renormalization
 from crckd.models import build_model
 
 METHODS = [spec.name for spec in available_methods()]
@@ -125,7 +126,8 @@ def test_kd_can_be_added_to_any_method_by_weight():
         "label": torch.tensor([0, 1, 2, 0]),
         "index": torch.arange(4),
     }
-    assert set(method.train().training_losses(batch, epoch=0)) == {"ce", "kd", "rkd"}
+    terms = method.train().training_losses(batch, 0, method.loss_weights(0))
+    assert set(terms) == {"ce", "kd", "rkd"}
     assert method.loss_weights(0)["kd"] == 0.5
 
 
@@ -158,13 +160,12 @@ def test_a_loss_parameter_is_bound_when_the_method_is_built():
     for params in ("{}", "{beta: 0}"):
         torch.manual_seed(0)
         student, teacher = build_model("resnet18", 3), build_model("resnet18", 3)
-        context = MethodContext(
-            3, np.arange(12) % 3, None, 1, image_size=32, frozen_teacher=teacher
-        )
+        frozen = FrozenTeacher(teacher, ("a", "b", "c"), 32, IMAGENET_NORMALIZATION, Path("t.pt"))
+        context = MethodContext(3, np.arange(12) % 3, None, 1, image_size=32, frozen_teacher=frozen)
         overrides = ["method.name=dkd", "method.teacher.mode=frozen"]
         config = load_config(overrides=[*overrides, f"method.distill.params={params}"])
         method = get_method("dkd").cls(student, config.method, context).train()
-        losses[params] = method.training_losses(batch, epoch=0)["dkd"]
+        losses[params] = method.training_losses(batch, 0, method.loss_weights(0))["dkd"]
     # beta = 0 drops the non-target term (NCKD >= 0) of the default beta = 8
     assert losses["{beta: 0}"] < losses["{}"]
 
@@ -198,9 +199,11 @@ def test_a_frozen_teacher_sees_images_in_its_own_normalisation():
     teacher = build_model("resnet18", 3)
     seen = []
     teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    frozen = FrozenTeacher(teacher, ("a", "b", "c"), 8, teacher_norm, Path("teacher.pt"))
+    assert frozen.input_map(student_norm) == (scale, shift)
     context = MethodContext(
-        3, np.arange(12) % 3, None, 1, image_size=8, frozen_teacher=teacher,
-        teacher_input=(scale, shift),
+        3, np.arange(12) % 3, None, 1, image_size=8, normalization=student_norm,
+        frozen_teacher=frozen,
     )  # fmt: skip
     method = get_method("kd").cls(build_model("resnet18", 3), config.method, context)
     method.teacher_output({"image": as_student})

@@ -156,7 +156,7 @@ def test_every_method_trains_a_step_with_its_modules_wrapped_in_ddp(name, one_ra
         "index": torch.arange(4),
     }
     weights = method.loss_weights(100)  # every term on
-    terms = method.train().training_losses(batch, 100)
+    terms = method.train().training_losses(batch, 100, weights)
     sum(weights[k] * v for k, v in terms.items() if weights[k]).backward()
     method.after_step(0)
     assert {k for k, w in weights.items() if w} <= set(terms)

@@ -64,8 +64,8 @@ def one_step(method, batch: dict[str, torch.Tensor], step: int) -> dict[str, tor
     """Losses, LossWatch bookkeeping, backward, Adam step and EMA update, late in training."""
     epoch = 79  # every term of every method is on
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
-    terms = method.training_losses(batch, epoch)
     weights = method.loss_weights(epoch)
+    terms = method.training_losses(batch, epoch, weights)
     total = sum(weights[name] * value for name, value in terms.items() if weights[name])
     LossWatch().add(step, terms)
     optimizer.zero_grad()

@@ -46,10 +46,15 @@ def make_batch(index=(0, 3, 6, 9)):
     }
 
 
+def losses(method, epoch: int, batch=None) -> dict[str, torch.Tensor]:
+    """One step's loss terms, with the weights the trainer hands over."""
+    return method.training_losses(batch or make_batch(), epoch, method.loss_weights(epoch))
+
+
 def grads_after(method, term: str, epoch: int = 30) -> dict[str, bool]:
     """Which parameter groups receive a non-zero gradient from one loss term alone."""
     method.zero_grad(set_to_none=True)
-    terms = method.training_losses(make_batch(), epoch)
+    terms = losses(method, epoch)
     terms[term].backward()
 
     def touched(module):
@@ -90,7 +95,7 @@ def test_ccd_teacher_half_sends_no_gradient_to_the_student():
             for p in method.embed_teacher.parameters():
                 p.mul_(scale)
         method.zero_grad(set_to_none=True)
-        method.training_losses(make_batch(), epoch=0)["ccd"].backward()
+        losses(method, 0)["ccd"].backward()
         assert all(p.grad.abs().sum() > 0 for p in method.embed_teacher.parameters())
         gradients.append([p.grad for p in method.student.parameters()])
     for unchanged, changed in zip(*gradients, strict=True):
@@ -117,8 +122,8 @@ def test_default_schedule_stages_terms_as_the_reference():
         "ccd": 0.1,
         "crp": 1.0,
     }
-    assert set(method.training_losses(make_batch(), 0)) == {"ce", "ccd"}
-    assert set(method.training_losses(make_batch(), 25)) == {"ce", "kl", "ccd", "crp"}
+    assert set(losses(method, 0)) == {"ce", "ccd"}
+    assert set(losses(method, 25)) == {"ce", "kl", "ccd", "crp"}
 
 
 def test_paper_faithful_ccd_weight_drops_to_a_hundredth_when_mt_starts():
@@ -136,21 +141,21 @@ def test_default_teacher_runs_in_eval_mode():
 
 @pytest.mark.parametrize(("name", "absent"), [("mt+ccd", "crp"), ("mt+crp", "ccd")])
 def test_ablations_drop_their_term(name, absent):
-    terms = make_method(name).training_losses(make_batch(), epoch=30)
+    terms = losses(make_method(name), 30)
     assert absent not in terms and "kl" in terms
 
 
 def test_mean_teacher_skips_teacher_before_begin_epoch():
     method = make_method("mt")
-    assert set(method.training_losses(make_batch(), 0)) == {"ce"}
-    assert set(method.training_losses(make_batch(), 20)) == {"ce", "kl"}
+    assert set(losses(method, 0)) == {"ce"}
+    assert set(losses(method, 20)) == {"ce", "kl"}
 
 
 def test_memory_rows_of_the_batch_are_updated_and_others_kept():
     method = make_method("crckd")
     before_s = method.memory.memory_s.clone()
     batch = make_batch()
-    method.training_losses(batch, epoch=0)
+    losses(method, 0, batch)
     changed = (method.memory.memory_s != before_s).any(dim=1)
     assert changed.nonzero().flatten().tolist() == sorted(batch["index"].tolist())
     assert torch.allclose(method.memory.memory_s[batch["index"]].norm(dim=1), torch.ones(4))

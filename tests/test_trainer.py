@@ -141,7 +141,7 @@ def test_sync_batchnorm_on_the_cpu_is_refused_before_anything_is_written(colour_
 def test_nan_loss_stops_with_the_term_name(colour_ham, tmp_path, monkeypatch):
     trainer = Trainer(config_for(colour_ham, tmp_path / "run", "method.name=mt", "train.epochs=1"))
 
-    def nan_losses(batch, epoch):
+    def nan_losses(batch, epoch, weights):
         return {"ce": torch.tensor(float("nan"), requires_grad=True)}
 
     monkeypatch.setattr(trainer.method, "training_losses", nan_losses)

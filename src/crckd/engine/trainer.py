@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from crckd.config import Config, config_to_dict, flat_settings
+from crckd.config import Config, TeacherConfig, TrainConfig, config_to_dict
 from crckd.data import (
-    Normalization,
     eval_transform,
     normalize_images,
     save_split,
@@ -40,12 +39,11 @@ from crckd.engine.distributed import (
     average_batchnorm_buffers,
     convert_sync_batchnorm,
     init_distributed,
-    plain_state_dict,
     shutdown_distributed,
     wrap_trainable,
 )
 from crckd.engine.finite import LossWatch
-from crckd.engine.inference import LoadedStudent, load_student, predict_probs
+from crckd.engine.inference import load_student, predict_probs
 from crckd.engine.metrics import (
     SCALAR_METRICS,
     classification_metrics,
@@ -53,36 +51,17 @@ from crckd.engine.metrics import (
     resolve_kappa_weights,
 )
 from crckd.engine.precision import resolve_precision
+from crckd.engine.resume import ResumeState, new_progress, settle_run
 from crckd.engine.run_folder import RunFolder, write_guard
-from crckd.errors import CheckpointError, ConfigError, DataError, NumericalError
+from crckd.errors import ConfigError, DataError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
+from crckd.methods.frozen_teacher import FrozenTeacher, frozen_checkpoint
 from crckd.models import build_model, input_normalization
 
 # Without a progress bar (output not a terminal), the least time between two progress lines.
 LOG_SECONDS = 60.0
 # Columns of epochs.csv that measure time: the only ones that differ between identical runs.
 TIMING_COLUMNS = ("train_seconds", "data_wait_seconds")
-# Settings a resumed run may change: where the data and run are, and how this machine runs it.
-# Any other change (epochs, learning rate, method, model...) would make the checkpoint's
-# optimiser, schedule or banks wrong for the rest of the run.
-RESUMABLE_SETTINGS = frozenset(
-    {
-        "output_dir",
-        "data.root",
-        "data.num_workers",
-        "data.cache",
-        "data.cache_dir",
-        "data.check",
-        "train.device",
-        "train.deterministic",
-        "train.amp",
-        "train.channels_last",
-        "train.compile",
-        "train.sync_batchnorm",
-        "train.progress",
-        "method.teacher.checkpoint",  # a moved frozen teacher: last.pt holds its weights
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -129,18 +108,11 @@ class Trainer:
             raise ConfigError(
                 f"train.select_metric {train_cfg.select_metric!r} is not one of {SCALAR_METRICS}"
             )
+        self.epochs, self.select_metric = train_cfg.epochs, train_cfg.select_metric
         self.dist, self.device = init_distributed(train_cfg.device)
-        processes = self.dist.world_size
-        if train_cfg.batch_size % processes or train_cfg.batch_size < 2 * processes:
-            raise ConfigError(
-                f"train.batch_size {train_cfg.batch_size} (the global batch) must be a multiple "
-                f"of the {processes} process(es) that gives each at least 2 images (BatchNorm "
-                "cannot train on one)"
-            )
-        if train_cfg.sync_batchnorm and self.device.type != "cuda":
-            raise ConfigError(
-                "train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU"
-            )
+        # Progress bars and lines of work that only the main process does (cache, evaluation).
+        self.show_progress = train_cfg.progress and self.dist.is_main
+        _check_processes(train_cfg, self.dist.world_size, self.device)
         seed_everything(train_cfg.seed)
         if train_cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -155,19 +127,15 @@ class Trainer:
             class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
         )
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
-        frozen = self._frozen_teacher()
-        teacher_input = None
-        self.teacher_image_size = None if frozen is None else frozen.image_size
-        if frozen is not None:
-            teacher_input = renormalization(self.normalization, frozen.normalization)
+        self.frozen_teacher = _frozen_teacher(config.method.teacher, self.data.classes)
         context = MethodContext(
             num_classes=len(self.data.classes),
             train_labels=train_labels,
             class_weights=weights,
             epochs=train_cfg.epochs,
             image_size=config.data.image_size,
-            frozen_teacher=None if frozen is None else frozen.model,
-            teacher_input=teacher_input,
+            normalization=self.normalization,
+            frozen_teacher=self.frozen_teacher,
         )
         student = build_model(
             config.model.backbone,
@@ -203,6 +171,16 @@ class Trainer:
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
         self.scheduler = self._make_scheduler()
+        self.resume_state = ResumeState(
+            self.run.last_checkpoint,
+            config,
+            self.method,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            world_size=self.dist.world_size,
+            steps_per_epoch=self.steps_per_epoch,
+        )
         if self.dist.is_main:
             self.run.prepare(resume=resume, overwrite=overwrite)
         self.dist.barrier()
@@ -213,31 +191,13 @@ class Trainer:
         data = self.config.data
 
         def open_cache() -> DecodedImages:
-            progress = self.config.train.progress and self.dist.is_main
-            return DecodedImages.open(paths, data.image_size, data.cache_dir, progress=progress)
+            return DecodedImages.open(
+                paths, data.image_size, data.cache_dir, progress=self.show_progress
+            )
 
         decoded = open_cache() if self.dist.is_main else None
         self.dist.barrier()
         return decoded or open_cache()
-
-    def _frozen_teacher(self) -> LoadedStudent | None:
-        """The trained teacher of `method.teacher.mode=frozen`, checked against the data."""
-        teacher = self.config.method.teacher
-        if teacher.mode != "frozen":
-            if teacher.checkpoint is not None:
-                raise ConfigError(
-                    "method.teacher.checkpoint is set: also set method.teacher.mode=frozen"
-                )
-            return None
-        if teacher.checkpoint is None:
-            raise ConfigError("method.teacher.mode=frozen needs method.teacher.checkpoint")
-        loaded = load_student(teacher.checkpoint)
-        if loaded.classes != self.data.classes:
-            raise ConfigError(
-                f"teacher {teacher.checkpoint} was trained on classes {list(loaded.classes)}, "
-                f"the data has {list(self.data.classes)}"
-            )
-        return loaded
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.config.train
@@ -294,14 +254,12 @@ class Trainer:
         """Train all remaining epochs, then test the model selected on the validation split."""
         state = self._start_state()
         if self.dist.is_main:
-            notes = [*self._progress_notes(state), *self._terms_never_on(), *self._teacher_notes()]
-            for note in notes:
+            for note in self._notes(state):
                 print(f"crckd: {note}", file=sys.stderr)
         if self.dist.enabled:
             if self.config.train.sync_batchnorm:
                 convert_sync_batchnorm(self.method)
             wrap_trainable(self.method, self.device)
-        train_cfg = self.config.train
         # Resumed: drop TensorBoard points of epochs that are about to run again.
         writer = (
             SummaryWriter(self.run.tensorboard, purge_step=state["epoch"] or None)
@@ -309,7 +267,7 @@ class Trainer:
             else None
         )
         try:
-            for epoch in range(state["epoch"], train_cfg.epochs):
+            for epoch in range(state["epoch"], self.epochs):
                 try:
                     record = self._run_epoch(epoch, state)
                 except DataError as err:
@@ -319,7 +277,7 @@ class Trainer:
                     ) from None
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
-                score = selection_score(record[f"val_{train_cfg.select_metric}"])
+                score = selection_score(record[f"val_{self.select_metric}"])
                 # The first epoch is kept even when its score is undefined, so best.pt exists.
                 improved = score > state["best_score"] or state["best_epoch"] < 0
                 if improved:
@@ -329,7 +287,9 @@ class Trainer:
                     # best.pt changes only together with last.pt, whose progress names it: a
                     # kill between the two writes leaves a pending best that resume settles.
                     if improved:
-                        save_checkpoint(self._best_state(epoch), self.run.pending_best)
+                        save_checkpoint(
+                            self._student_state("student", epoch), self.run.pending_best
+                        )
                     save_checkpoint(self._full_state(state), self.run.last_checkpoint)
                     if improved:
                         self.run.commit_best()
@@ -350,22 +310,17 @@ class Trainer:
 
     def _start_state(self) -> dict[str, Any]:
         """The progress to start from; a resumed run that never saved a checkpoint restarts."""
-        resuming = self.resume and self.run.last_checkpoint.exists()
-        if resuming:
-            state = self._restore(load_checkpoint(self.run.last_checkpoint))
+        state = self.resume_state.restore() if self.resume else None
         if self.dist.is_main:
             if self.data.check is not None:
                 self.run.write_data_check(self.data.check.to_dict())
             self.run.write_config(config_to_dict(self.config))  # with any resumable change
-        if resuming:
-            if self.dist.is_main:
-                self.run.write_epochs(state["history"])  # a kill may have cut the last row
-                self._settle_best(state["best_epoch"])
-            return state
-        if self.dist.is_main:
-            with write_guard(self.run.split):
-                save_split(self.data.split, self.run.split)
-        return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
+            if state is not None:
+                settle_run(self.run, state)
+            else:
+                with write_guard(self.run.split):
+                    save_split(self.data.split, self.run.split)
+        return new_progress() if state is None else state
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config.train
@@ -377,14 +332,14 @@ class Trainer:
         if cfg.epoch_start_lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.epoch_start_lr
-        weights = self.method.loss_weights(epoch)
+        weights = self.method.loss_weights(epoch)  # the weights of every step of this epoch
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
         started = time.perf_counter()
         self.method.train()
         loader = self.train_loader(epoch)
         bar = tqdm(
             loader,
-            desc=f"{self.config.method.name} epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{self.config.method.name} epoch {epoch + 1}/{self.epochs}",
             leave=False,
             disable=None if cfg.progress else True,  # None: off when not a terminal
         )
@@ -395,7 +350,7 @@ class Trainer:
             data_seconds += time.perf_counter() - waiting_since
             batch = self._to_device(batch)
             with self.precision.autocast():
-                terms = self.method.training_losses(batch, epoch)
+                terms = self.method.training_losses(batch, epoch, weights)
                 total = sum(weights[name] * value for name, value in terms.items() if weights[name])
             watch.add(state["step"], terms)
             self.optimizer.zero_grad(set_to_none=True)
@@ -465,7 +420,7 @@ class Trainer:
                 self.loaders[name],
                 self.device,
                 desc=f"eval {name}",
-                progress=self.config.train.progress and self.dist.is_main,
+                progress=self.show_progress,
                 # float32, as `crckd eval` of the checkpoint, so that the two agree
                 precision=replace(self.precision, dtype=None),
             )
@@ -493,68 +448,29 @@ class Trainer:
             if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
                 group, _, name = key.partition("_")
                 writer.add_scalar(f"{group}/{name}", value, epoch)
-        if self.config.train.progress:
-            metric = self.config.train.select_metric
-            value = record[f"val_{metric}"]
+        if self.show_progress:  # rank 0 only logs epochs
+            value = record[f"val_{self.select_metric}"]
             shown = "n/a" if value is None else f"{value:.4f}"
             tqdm.write(
-                f"epoch {epoch + 1}/{self.config.train.epochs}  loss {record['train_loss']:.4f}  "
-                f"val {metric} {shown}  ({record['train_seconds']:.1f}s)"
+                f"epoch {epoch + 1}/{self.epochs}  loss {record['train_loss']:.4f}  "
+                f"val {self.select_metric} {shown}  ({record['train_seconds']:.1f}s)"
             )
 
-    def _best_state(self, epoch: int) -> dict[str, Any]:
-        return self._student_state("student", epoch)
-
-    def _progress_notes(self, state: dict[str, Any]) -> list[str]:
-        """Where a resumed run stands."""
-        done, epochs = state["epoch"], self.config.train.epochs
-        if not self.resume or done == 0:
-            return []
-        if done >= epochs:
-            return [f"{self.run.root} has run all {epochs} epochs: testing its best.pt again"]
-        return [f"resuming {self.run.root} at epoch {done + 1}/{epochs}"]
-
-    def _teacher_notes(self) -> list[str]:
-        """A frozen teacher trained at another image size sees the student's images as they are
-        (its input is re-normalised, not resized): say so."""
-        trained_at, size = self.teacher_image_size, self.config.data.image_size
-        if trained_at is None or trained_at == size:
-            return []
-        return [
-            f"note: the frozen teacher {self.config.method.teacher.checkpoint} was trained on "
-            f"{trained_at} px images; it sees this run's {size} px images"
-        ]
-
-    def _terms_never_on(self) -> list[str]:
-        """Loss terms of the method that its schedule would switch on, but only after the last
-        epoch (a short run of `mt` or `crckd` with the paper's begin epochs is plain CE)."""
-        epochs = self.config.train.epochs
-        weights_of = self.method.loss_weights
-        schedule = [weights_of(epoch) for epoch in range(epochs)]
-        later = range(epochs, 100 * epochs + 1000)
+    def _notes(self, state: dict[str, Any]) -> list[str]:
+        """What to say before training: where a resumed run stands, and settings that may
+        surprise (terms that never switch on, a teacher trained at another image size)."""
         notes = []
-        for name in schedule[0]:
-            if any(weights[name] for weights in schedule):
-                continue
-            first = next((epoch for epoch in later if weights_of(epoch)[name]), None)
-            if first is not None:
-                notes.append(
-                    f"note: the {name} term starts at epoch {first + 1}, after this run's {epochs} "
-                    "epochs, so it never trains: lower its begin_epoch or train longer"
-                )
+        done = state["epoch"]
+        if self.resume and done > 0:
+            notes.append(
+                f"{self.run.root} has run all {self.epochs} epochs: testing its best.pt again"
+                if done >= self.epochs
+                else f"resuming {self.run.root} at epoch {done + 1}/{self.epochs}"
+            )
+        notes += _terms_never_on(self.method.loss_weights, self.epochs)
+        if self.frozen_teacher is not None:
+            notes += self.frozen_teacher.notes(self.config.data.image_size)
         return notes
-
-    def _settle_best(self, best_epoch: int) -> None:
-        """After a kill between a new best checkpoint and last.pt: keep the pending best if
-        last.pt names its epoch (the kill came after last.pt), else drop it (that epoch runs
-        again, and best.pt still holds the best of the epochs last.pt knows)."""
-        pending = self.run.pending_best
-        if not pending.exists():
-            return
-        if load_checkpoint(pending)["epoch"] == best_epoch:
-            self.run.commit_best()
-        else:
-            pending.unlink()
 
     def _student_state(self, kind: str, epoch: int) -> dict[str, Any]:
         """What every checkpoint holds: enough to rebuild and run the student."""
@@ -567,71 +483,23 @@ class Trainer:
         }
 
     def _full_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What last.pt holds: the student and everything `--resume` restores."""
         return {
             **self._student_state("training", state["epoch"] - 1),
-            "method": plain_state_dict(self.method),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "progress": {k: state[k] for k in ("epoch", "step", "best_score", "best_epoch")},
-            "history": state["history"],
-            "layout": {"world_size": self.dist.world_size, "steps_per_epoch": self.steps_per_epoch},
+            **self.resume_state.entries(state),
         }
-
-    def _restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        self._check_resumable(checkpoint["config"])
-        self._check_layout(checkpoint.get("layout"))
-        try:
-            self.method.load_state_dict(checkpoint["method"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (RuntimeError, ValueError) as exc:
-            raise CheckpointError(
-                f"{self.run.last_checkpoint} does not fit the configured method and model; was "
-                f"the config changed since the run started? ({str(exc).splitlines()[0]})"
-            ) from None
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint["scaler"]:  # empty when saved without fp16: then the fresh scaler starts
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        progress = dict(checkpoint["progress"])
-        progress["history"] = list(checkpoint["history"])
-        return progress
-
-    def _check_resumable(self, saved: dict[str, Any]) -> None:
-        """Refuse to resume with settings other than RESUMABLE_SETTINGS changed."""
-        details = training_changes(saved, config_to_dict(self.config))
-        if details:
-            raise ConfigError(
-                f"--resume continues a run with its own settings, but these differ from "
-                f"{self.run.last_checkpoint}: {details}. Start a new run to change them; only "
-                f"{', '.join(sorted(RESUMABLE_SETTINGS))} may change on resume"
-            )
-
-    def _check_layout(self, saved: dict[str, int] | None) -> None:
-        """Refuse to resume where an epoch has a different number of steps: the learning-rate
-        schedule was laid out for the saved count. The number of processes can change it
-        (a short last batch is kept only if every rank gets 2 or more of its images)."""
-        if saved is None or saved["steps_per_epoch"] == self.steps_per_epoch:
-            return
-        raise ConfigError(
-            f"{self.run.last_checkpoint} was trained with {saved['world_size']} process(es), "
-            f"{saved['steps_per_epoch']} steps per epoch; with {self.dist.world_size} an epoch "
-            f"has {self.steps_per_epoch}, which its learning-rate schedule does not fit. Resume "
-            f"it with {saved['world_size']} process(es)"
-        )
 
     def _finish(self, state: dict[str, Any]) -> RunResult:
         best = load_checkpoint(self.run.best_checkpoint)
         self.student.load_state_dict(best["student"])
         metrics = self._metrics("test")
-        cfg = self.config.train
-        last = [r for r in state["history"] if f"test_{cfg.select_metric}" in r][
-            -cfg.report_last_k :
-        ]
+        report_last_k = self.config.train.report_last_k
+        last = [r for r in state["history"] if f"test_{self.select_metric}" in r][-report_last_k:]
         metrics.update(
             {
                 "method": self.config.method.name,
                 "selected_epoch": state["best_epoch"],
-                "select_metric": cfg.select_metric,
+                "select_metric": self.select_metric,
                 "last_epochs_mean": {key: _mean_of(last, f"test_{key}") for key in SCALAR_METRICS},
                 "last_epochs": len(last),
             }
@@ -642,29 +510,50 @@ class Trainer:
         return RunResult(self.run.root, metrics)
 
 
-def training_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    """The training settings (all but RESUMABLE_SETTINGS) that differ between two configs, as
-    "key: old -> new; ..." ('' when none): what a run's checkpoints do not fit."""
-    before, after = flat_settings(saved), flat_settings(now)
-    changed = sorted(
-        key
-        for key in before.keys() & after.keys()  # a setting added by a newer crckd is new
-        if key not in RESUMABLE_SETTINGS and before[key] != after[key]
-    )
-    return "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in changed)
+def _check_processes(train: TrainConfig, world_size: int, device: torch.device) -> None:
+    """Refuse settings this number of processes or this device cannot train with."""
+    if train.batch_size % world_size or train.batch_size < 2 * world_size:
+        raise ConfigError(
+            f"train.batch_size {train.batch_size} (the global batch) must be a multiple "
+            f"of the {world_size} process(es) that gives each at least 2 images (BatchNorm "
+            "cannot train on one)"
+        )
+    if train.sync_batchnorm and device.type != "cuda":
+        raise ConfigError(
+            "train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU"
+        )
 
 
-def renormalization(
-    student: Normalization, teacher: Normalization
-) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Per-channel (scale, shift) with x_teacher = x_student * scale + shift, for images
-    normalised with `student` given to a teacher trained on `teacher`; None when they agree."""
-    (mean_s, std_s), (mean_t, std_t) = student, teacher
-    if (tuple(mean_s), tuple(std_s)) == (tuple(mean_t), tuple(std_t)):
+def _frozen_teacher(teacher: TeacherConfig, classes: tuple[str, ...]) -> FrozenTeacher | None:
+    """The trained teacher of `method.teacher.mode=frozen`, read from its checkpoint and checked
+    against the data's classes."""
+    checkpoint = frozen_checkpoint(teacher)
+    if checkpoint is None:
         return None
-    scale = tuple(s / t for s, t in zip(std_s, std_t, strict=True))
-    shift = tuple((ms - mt) / t for ms, mt, t in zip(mean_s, mean_t, std_t, strict=True))
-    return scale, shift
+    loaded = load_student(checkpoint)
+    frozen = FrozenTeacher(
+        loaded.model, loaded.classes, loaded.image_size, loaded.normalization, checkpoint
+    )
+    frozen.check_classes(classes)
+    return frozen
+
+
+def _terms_never_on(loss_weights: Callable[[int], dict[str, float]], epochs: int) -> list[str]:
+    """Notes on loss terms that a method's schedule would switch on, but only after the last
+    epoch (a short run of `mt` or `crckd` with the paper's begin epochs is plain CE)."""
+    schedule = [loss_weights(epoch) for epoch in range(epochs)]
+    later = range(epochs, 100 * epochs + 1000)
+    notes = []
+    for name in schedule[0]:
+        if any(weights[name] for weights in schedule):
+            continue
+        first = next((epoch for epoch in later if loss_weights(epoch)[name]), None)
+        if first is not None:
+            notes.append(
+                f"note: the {name} term starts at epoch {first + 1}, after this run's {epochs} "
+                "epochs, so it never trains: lower its begin_epoch or train longer"
+            )
+    return notes
 
 
 def selection_score(value: float | None) -> float:

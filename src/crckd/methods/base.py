@@ -1,9 +1,11 @@
 """The method interface the trainer talks to.
 
 A method is an `nn.Module` that owns the student and whatever else it trains or keeps (teacher,
-projection heads, memory banks), so that one `state_dict()` checkpoints all of it. Each step it
-returns a mapping of named, unweighted loss terms; `loss_weights(epoch)` says how much each
-counts that epoch. The trainer sums `weight * term`, logs every term, and calls `after_step`.
+projection heads, memory banks), so that one `state_dict()` checkpoints all of it.
+`loss_weights(epoch)` says how much each named loss term counts that epoch; the trainer asks once
+per epoch and hands the weights to every step's `training_losses(batch, epoch, weights)`, which
+returns the unweighted terms (a term whose weight is 0 may be left out, and not computed). The
+trainer sums `weight * term`, logs every term, and calls `after_step`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crckd.config import MethodConfig
+from crckd.data.transforms import IMAGENET_NORMALIZATION, Normalization
 from crckd.dist import all_reduce_mean, world_size
 from crckd.errors import ConfigError
+from crckd.methods.frozen_teacher import FrozenTeacher
 from crckd.models import Classifier
 
 
@@ -33,10 +37,9 @@ class MethodContext:
     class_weights: Tensor | None
     epochs: int
     image_size: int = 224
-    frozen_teacher: nn.Module | None = None
-    # Per-channel (scale, shift) taking the student's normalised input to the frozen teacher's
-    # normalisation, when the two differ (for example ImageNet mean/std and 0.5/0.5).
-    teacher_input: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # How the student's input images are normalised (a frozen teacher may want another).
+    normalization: Normalization = IMAGENET_NORMALIZATION
+    frozen_teacher: FrozenTeacher | None = None
 
 
 class Method(nn.Module):
@@ -72,8 +75,11 @@ class Method(nn.Module):
         weight = self.class_weights[labels.to(self.class_weights.device)].sum()
         return summed / all_reduce_mean(weight)  # = world size x summed / global weight
 
-    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        """Unweighted loss terms for one batch; terms whose weight is 0 may be left out."""
+    def training_losses(
+        self, batch: dict[str, Tensor], epoch: int, weights: dict[str, float]
+    ) -> dict[str, Tensor]:
+        """Unweighted loss terms for one batch of `epoch` (0-based); `weights` are
+        `loss_weights(epoch)`, and terms whose weight is 0 may be left out."""
         output = self.student(batch["image"])
         return {"ce": self.cross_entropy(output.logits, batch["label"])}
 

@@ -31,9 +31,10 @@ class TeacherMethod(Method):
     """A student with a teacher that never gets a gradient.
 
     `method.teacher.mode=ema`: the teacher is an EMA of the student (CRCKD's setting), updated
-    after each step. `frozen`: a trained crckd checkpoint of any backbone, loaded by the trainer
-    and never updated (the RepDistiller/mdistiller setting). The teacher sees the student's view
-    (`same`) or a second augmented view (`second`, the mean-teacher family's default with EMA).
+    after each step. `frozen`: a trained crckd checkpoint of any backbone, read by the trainer,
+    fed in its own normalisation (`FrozenTeacher`) and never updated (the RepDistiller/mdistiller
+    setting). The teacher sees the student's view (`same`) or a second augmented view
+    (`second`, the mean-teacher family's default with EMA).
     """
 
     ema_view: ClassVar[str] = "same"
@@ -44,10 +45,11 @@ class TeacherMethod(Method):
         if self.frozen:
             if context.frozen_teacher is None:
                 raise ConfigError("method.teacher.mode=frozen needs method.teacher.checkpoint")
-            self.teacher = context.frozen_teacher
+            self.teacher = context.frozen_teacher.model
             self.teacher.requires_grad_(False)
-            if context.teacher_input is not None:
-                scale, shift = (torch.tensor(v).view(1, -1, 1, 1) for v in context.teacher_input)
+            input_map = context.frozen_teacher.input_map(context.normalization)
+            if input_map is not None:
+                scale, shift = (torch.tensor(v).view(1, -1, 1, 1) for v in input_map)
                 self.register_buffer("teacher_scale", scale, persistent=False)
                 self.register_buffer("teacher_shift", shift, persistent=False)
         else:
@@ -80,8 +82,9 @@ class TeacherMethod(Method):
                 view = view * self.teacher_scale + self.teacher_shift
             return self.teacher(view)
 
-    def training_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
-        weights = self.loss_weights(epoch)
+    def training_losses(
+        self, batch: dict[str, Tensor], epoch: int, weights: dict[str, float]
+    ) -> dict[str, Tensor]:
         student = self.student(batch["image"])
         terms = {"ce": self.cross_entropy(student.logits, batch["label"])}
         if self.needs_teacher(weights):

@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from crckd.config import config_to_dict, deep_merge, read_yaml
 from crckd.engine.metrics import SCALAR_METRICS
+from crckd.engine.resume import training_changes
 from crckd.engine.run_folder import RunFolder, atomic_write_text
-from crckd.engine.trainer import train, training_changes
+from crckd.engine.trainer import train
 from crckd.errors import ConfigError
 from crckd.methods import build_config
 from crckd.tools.plots import new_figure
