@@ -173,6 +173,9 @@ def test_a_run_too_short_for_a_term_says_so(colour_ham, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "crckd: note: the kl term starts at epoch 2, after this run's 1 epochs" in err
     assert "kd term" not in err  # never on in any epoch: nothing to say
+    # The schedule as resolved, and the EMA decay in use, logged per epoch.
+    assert "method.ema.decay=0.99 (half-life 68.97 steps) method.consistency.begin_epoch=1" in err
+    assert pd.read_csv(tmp_path / "run" / "epochs.csv")["ema_decay"].tolist() == [0.99]
 
 
 def test_without_a_terminal_progress_comes_as_lines(colour_ham, tmp_path, capsys, monkeypatch):

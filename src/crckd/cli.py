@@ -108,7 +108,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _cmd_methods(args: argparse.Namespace) -> None:
     from crckd.config import flat_settings
-    from crckd.methods import available_methods
+    from crckd.methods import available_methods, method_schedules
 
     specs = available_methods()
     width = max(len(spec.name) for spec in specs)
@@ -118,6 +118,8 @@ def _cmd_methods(args: argparse.Namespace) -> None:
             settings = flat_settings(spec.defaults, prefix="method.")
             listed = " ".join(f"{key}={value}" for key, value in settings.items())
             print(f"{'':<{width}}  defaults: {listed}")
+        for mode, schedule in method_schedules(spec).items():
+            print(f"{'':<{width}}  schedule={mode}: {schedule}")
 
 
 def build_parser() -> argparse.ArgumentParser:

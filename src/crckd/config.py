@@ -57,9 +57,14 @@ class ModelConfig(_Section):
 
 
 class EMAConfig(_Section):
-    """Mean-teacher exponential moving average (§b step 6)."""
+    """Mean-teacher exponential moving average (§b step 6): a decay, or a half-life (set one;
+    none: the paper's 0.99, or its half-life fraction under `method.schedule=relative`)."""
 
-    decay: float = Field(0.99, ge=0, le=1)
+    decay: float | None = Field(None, ge=0, le=1)
+    half_life_steps: float | None = Field(None, gt=0, description="decay = 0.5 ** (1 / steps)")
+    half_life_fraction: float | None = Field(
+        None, gt=0, le=1, description="half-life as a fraction of all training steps"
+    )
     include_buffers: bool = True
     teacher_mode: Literal["eval", "train"] = "eval"
 
@@ -69,8 +74,10 @@ class ConsistencyConfig(_Section):
 
     type: Literal["kl", "mse"] = "kl"
     weight: float = Field(1.0, ge=0)
-    rampup_epochs: float = Field(30, ge=0)
-    begin_epoch: int = Field(20, ge=0)
+    rampup_epochs: float | None = Field(None, ge=0, description="none: the paper's 30")
+    rampup_fraction: float | None = Field(None, ge=0, description="ramp-up / train.epochs")
+    begin_epoch: int | None = Field(None, ge=0, description="none: the paper's 20")
+    begin_fraction: float | None = Field(None, ge=0, le=1, description="start / train.epochs")
 
 
 class CCDConfig(_Section):
@@ -80,7 +87,8 @@ class CCDConfig(_Section):
     late_weight: float | None = Field(
         None, ge=0, description="weight from consistency.begin_epoch on (paper_faithful: 0.01)"
     )
-    begin_epoch: int = Field(0, ge=0)
+    begin_epoch: int | None = Field(None, ge=0, description="none: the paper's 0")
+    begin_fraction: float | None = Field(None, ge=0, le=1, description="start / train.epochs")
     num_positives: int = Field(20, ge=1)
     num_negatives: int = Field(4096, ge=1)
     positives: Literal["multi", "exact", "relax"] = "multi"
@@ -94,7 +102,8 @@ class CRPConfig(_Section):
     """Categorical relation preserving loss against class centroids of the banks."""
 
     weight: float = Field(1.0, ge=0)
-    begin_epoch: int = Field(20, ge=0)
+    begin_epoch: int | None = Field(None, ge=0, description="none: the paper's 20")
+    begin_fraction: float | None = Field(None, ge=0, le=1, description="start / train.epochs")
 
 
 class TeacherConfig(_Section):
@@ -111,8 +120,12 @@ class DistillConfig(_Section):
     """A baseline's distillation term, and an optional Hinton KD term on top of any method."""
 
     weight: float = Field(1.0, ge=0, description="weight of the method's distillation term")
-    begin_epoch: int = Field(0, ge=0)
-    warmup_epochs: int = Field(0, ge=0, description="linear ramp of the weight (DKD: 20)")
+    begin_epoch: int | None = Field(None, ge=0, description="none: 0")
+    begin_fraction: float | None = Field(None, ge=0, le=1, description="start / train.epochs")
+    warmup_epochs: int | None = Field(
+        None, ge=0, description="linear ramp of the weight; none: the method's (DKD: 20, else 0)"
+    )
+    warmup_fraction: float | None = Field(None, ge=0, description="warm-up / train.epochs")
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
     kd_weight: float = Field(0.0, ge=0, description="add Hinton KD with this weight")
     temperature: float = Field(4.0, gt=0, description="temperature of the kd term")
@@ -127,6 +140,9 @@ class MethodConfig(_Section):
 
     name: str = "ce"
     preset: Literal["default", "paper_faithful"] = "default"
+    # How unset schedule values are read: the paper's epochs as they are, or as the same
+    # fractions of this run (docs/crckd.md, "Schedule relative to the run").
+    schedule: Literal["epochs", "relative"] = "epochs"
     teacher: TeacherConfig = TeacherConfig()
     teacher_perturb: bool = Field(True, description="rot90 + flip of the teacher's view")
     distill: DistillConfig = DistillConfig()
@@ -188,6 +204,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Reproduces the reference code (crckd-method.md §b schedule and §f).
     "paper_faithful": {
         "method": {
+            "schedule": "epochs",
             "ema": {"include_buffers": False, "teacher_mode": "train"},
             "ccd": {"weight": 0.1, "late_weight": 0.01},
         },
@@ -265,9 +282,35 @@ def validate_config(
         layered = {"method": method_defaults(name)}
     layered = deep_merge(deep_merge(layered, PRESETS[preset_name]), raw)
     try:
-        return Config.model_validate(layered)
+        config = Config.model_validate(layered)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, source)) from None
+    _check_schedule_keys(config.method, source)
+    return config
+
+
+# Schedule settings that say the same thing in two or three ways: at most one may be set.
+SCHEDULE_ALTERNATIVES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ema", ("decay", "half_life_steps", "half_life_fraction")),
+    ("consistency", ("begin_epoch", "begin_fraction")),
+    ("consistency", ("rampup_epochs", "rampup_fraction")),
+    ("ccd", ("begin_epoch", "begin_fraction")),
+    ("crp", ("begin_epoch", "begin_fraction")),
+    ("distill", ("begin_epoch", "begin_fraction")),
+    ("distill", ("warmup_epochs", "warmup_fraction")),
+)
+
+
+def _check_schedule_keys(method: MethodConfig, source: str) -> None:
+    """Refuse a schedule value given twice (in epochs and as a fraction, say)."""
+    for section, keys in SCHEDULE_ALTERNATIVES:
+        values = getattr(method, section)
+        given = [f"method.{section}.{key}" for key in keys if getattr(values, key) is not None]
+        if len(given) > 1:
+            raise ConfigError(
+                f"{source}: {' and '.join(given)} are set together; they give one setting in "
+                "different units: keep one"
+            )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from crckd.data import (
     train_transform,
 )
 from crckd.data.cache import DecodedImages
+from crckd.data.samplers import GlobalBatchSampler
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
@@ -128,6 +129,21 @@ class Trainer:
         )
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.frozen_teacher = _frozen_teacher(config.method.teacher, self.data.classes)
+        # Optimiser steps per epoch: the global batches of an epoch (the same in every epoch).
+        self.steps_per_epoch = len(
+            GlobalBatchSampler(
+                len(self.data.train),
+                train_cfg.batch_size,
+                seed=train_cfg.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+        )
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the training split has {len(self.data.train)} images: too few for one batch "
+                f"that gives each of the {self.dist.world_size} processes at least 2"
+            )
         context = MethodContext(
             num_classes=len(self.data.classes),
             train_labels=train_labels,
@@ -136,6 +152,7 @@ class Trainer:
             image_size=config.data.image_size,
             normalization=self.normalization,
             frozen_teacher=self.frozen_teacher,
+            steps_per_epoch=self.steps_per_epoch,
         )
         student = build_model(
             config.model.backbone,
@@ -161,12 +178,6 @@ class Trainer:
             self.decoded = self._open_cache()
         self.loaders = self._make_eval_loaders()
         self._train: torch.utils.data.DataLoader | None = None
-        self.steps_per_epoch = len(self.train_loader(0))
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"the training split has {len(self.data.train)} images: too few for one batch "
-                f"that gives each of the {self.dist.world_size} processes at least 2"
-            )
         self.optimizer = torch.optim.Adam(
             self.method.trainable_parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
         )
@@ -387,6 +398,8 @@ class Trainer:
         if self.dist.enabled:  # student and teacher BatchNorm statistics, before evaluation
             average_batchnorm_buffers(self.method)
         record.update({f"weight_{name}": value for name, value in weights.items()})
+        if self.method.ema_decay is not None:
+            record["ema_decay"] = self.method.ema_decay
         record["train_seconds"] = time.perf_counter() - started
         record["data_wait_seconds"] = data_seconds
         record.update(self._evaluate_split("val", prefix="val_"))
@@ -466,6 +479,13 @@ class Trainer:
                 f"{self.run.root} has run all {self.epochs} epochs: testing its best.pt again"
                 if done >= self.epochs
                 else f"resuming {self.run.root} at epoch {done + 1}/{self.epochs}"
+            )
+        schedule = self.method.schedule_summary()
+        if schedule:
+            mode = self.config.method.schedule
+            notes.append(
+                f"schedule ({mode}, {self.epochs} epochs of {self.steps_per_epoch} steps): "
+                f"{schedule}"
             )
         notes += _terms_never_on(self.method.loss_weights, self.epochs)
         if self.frozen_teacher is not None:

@@ -13,6 +13,7 @@ from crckd.methods.registry import (
     build_config,
     get_method,
     load_config,
+    method_schedules,
     register_method,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "build_config",
     "get_method",
     "load_config",
+    "method_schedules",
     "register_method",
 ]

@@ -25,6 +25,7 @@ from crckd.data.transforms import IMAGENET_NORMALIZATION, Normalization
 from crckd.dist import all_reduce_mean, world_size
 from crckd.errors import ConfigError
 from crckd.methods.frozen_teacher import FrozenTeacher
+from crckd.methods.schedule import PAPER_SCHEDULE, Schedule, describe_schedule, resolve_schedule
 from crckd.models import Classifier
 
 
@@ -40,6 +41,8 @@ class MethodContext:
     # How the student's input images are normalised (a frozen teacher may want another).
     normalization: Normalization = IMAGENET_NORMALIZATION
     frozen_teacher: FrozenTeacher | None = None
+    # Optimiser steps per epoch (the trainer's); needed for an EMA half-life fraction.
+    steps_per_epoch: int | None = None
 
 
 class Method(nn.Module):
@@ -48,6 +51,8 @@ class Method(nn.Module):
     views: ClassVar[int] = 1
     # The loss whose keyword arguments `method.distill.params` sets; None: the method takes none.
     loss_function: ClassVar[Callable[..., Any] | None] = None
+    # The schedule values (EMA decay, begin epochs, ramps) of the method's paper, at 80 epochs.
+    paper_schedule: ClassVar[Schedule] = PAPER_SCHEDULE
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         check_loss_params(self.loss_function, config.distill.params, config.name)
@@ -55,9 +60,26 @@ class Method(nn.Module):
         self.student = student
         self.config = config
         self.context = context
+        self.schedule = resolve_schedule(
+            config, context.epochs, context.steps_per_epoch, self.paper_schedule
+        )
         weights = context.class_weights
         self.register_buffer("class_weights", weights)
         self.generator = torch.Generator()
+
+    @classmethod
+    def schedule_fields(cls, config: MethodConfig) -> tuple[str, ...]:
+        """The `Schedule` fields this method reads with these settings (none for plain CE)."""
+        return ()
+
+    def schedule_summary(self) -> str:
+        """The resolved schedule this run trains with, under its config keys ('' if none)."""
+        return describe_schedule(self.schedule, self.schedule_fields(self.config))
+
+    @property
+    def ema_decay(self) -> float | None:
+        """The decay of an EMA teacher; None without one."""
+        return None
 
     def seed(self, seed: int) -> None:
         """Reseed the method's own random draws (views, contrast sets); called every epoch."""

@@ -91,6 +91,18 @@ class CRCKD(MeanTeacher):
             raise ConfigError(f"method.ccd: {exc}") from None
         self.register_buffer("train_labels", torch.as_tensor(context.train_labels).long())
 
+    @classmethod
+    def schedule_fields(cls, config: MethodConfig) -> tuple[str, ...]:
+        """The EMA, and the start (and ramp) of each term whose weight is not 0."""
+        unused = set()
+        if config.consistency.weight == 0:
+            unused.add("consistency_rampup")
+            if config.ccd.late_weight is None:  # else its begin still switches the CCD weight
+                unused.add("consistency_begin")
+        used = [field for field in super().schedule_fields(config) if field not in unused]
+        terms = (("ccd_begin", config.ccd.weight), ("crp_begin", config.crp.weight))
+        return (*used, *(field for field, weight in terms if weight > 0))
+
     def needs_teacher(self, weights: dict[str, float]) -> bool:
         return True  # the teacher bank is updated every step, whatever the weights
 
@@ -138,12 +150,13 @@ class CRCKD(MeanTeacher):
         return crp_loss(emb_s, emb_t, centroids_s, centroids_t, self.config.ccd.temperature)
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
-        ccd, crp = self.config.ccd, self.config.crp
-        ccd_weight = ccd.weight if epoch >= ccd.begin_epoch else 0.0
-        if ccd.late_weight is not None and epoch >= self.config.consistency.begin_epoch:
+        ccd, crp, schedule = self.config.ccd, self.config.crp, self.schedule
+        ccd_weight = ccd.weight if epoch >= schedule.ccd_begin else 0.0
+        # The reference's late CCD weight switches on with the consistency term (§f.2).
+        if ccd.late_weight is not None and epoch >= schedule.consistency_begin:
             ccd_weight = ccd.late_weight
         return {
             **super().loss_weights(epoch),
             "ccd": ccd_weight,
-            "crp": crp.weight if epoch >= crp.begin_epoch else 0.0,
+            "crp": crp.weight if epoch >= schedule.crp_begin else 0.0,
         }

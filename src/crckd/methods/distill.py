@@ -11,6 +11,7 @@ built (a key the loss does not take is a `ConfigError` then).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from crckd.losses import (
 )
 from crckd.methods.base import MethodContext
 from crckd.methods.registry import register_method
+from crckd.methods.schedule import PAPER_SCHEDULE
 from crckd.methods.teacher import TeacherMethod
 from crckd.models import Classifier, ClassifierOutput, FeatureTap, stage_layers
 
@@ -57,6 +59,10 @@ class Distiller(TeacherMethod, abc.ABC):
             )
             if len(self.student_tap.layers) != len(self.teacher_tap.layers):
                 raise ConfigError("student and teacher need the same number of tapped layers")
+
+    @classmethod
+    def schedule_fields(cls, config: MethodConfig) -> tuple[str, ...]:
+        return (*super().schedule_fields(config), "distill_begin", "distill_warmup")
 
     def feature_channels(self, image_size: int) -> list[tuple[int, int]]:
         """(student, teacher) channels of each tapped layer, from one dummy forward."""
@@ -89,22 +95,17 @@ class Distiller(TeacherMethod, abc.ABC):
         return terms
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
-        distill = self.config.distill
+        begin, warmup = self.schedule.distill_begin, self.schedule.distill_warmup
         weight = 0.0
-        if epoch >= distill.begin_epoch:
-            ramp = 1.0
-            if distill.warmup_epochs:
-                ramp = min(1.0, (epoch - distill.begin_epoch + 1) / distill.warmup_epochs)
-            weight = distill.weight * ramp
+        if epoch >= begin:
+            ramp = min(1.0, (epoch - begin + 1) / warmup) if warmup else 1.0
+            weight = self.config.distill.weight * ramp
         return {**super().loss_weights(epoch), self.term: weight}
 
 
-def _paper(name: str, summary: str, reference: str, weight: float, **distill: Any):
+def _paper(name: str, summary: str, reference: str, weight: float):
     return register_method(
-        name,
-        summary=summary,
-        reference=reference,
-        defaults={"distill": {"weight": weight, **distill}},
+        name, summary=summary, reference=reference, defaults={"distill": {"weight": weight}}
     )
 
 
@@ -113,11 +114,11 @@ def _paper(name: str, summary: str, reference: str, weight: float, **distill: An
     "decoupled KD (target and non-target terms)",
     "Zhao et al., CVPR 2022",
     1.0,
-    warmup_epochs=20,
 )
 class DecoupledKD(Distiller):
     term = "dkd"
     loss_function = staticmethod(dkd_loss)
+    paper_schedule = dataclasses.replace(PAPER_SCHEDULE, distill_warmup=20.0)  # its 20 epochs
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         if context.num_classes < 3:

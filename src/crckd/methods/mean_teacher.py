@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from crckd.config import MethodConfig
 from crckd.dist import gather_batch
 from crckd.losses import consistency_kl, consistency_mse, sigmoid_rampup, src_loss
 from crckd.methods.registry import register_method
@@ -23,6 +24,10 @@ class MeanTeacher(TeacherMethod):
 
     ema_view: ClassVar[str] = "second"
 
+    @classmethod
+    def schedule_fields(cls, config: MethodConfig) -> tuple[str, ...]:
+        return (*super().schedule_fields(config), "consistency_begin", "consistency_rampup")
+
     def consistency(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         if self.config.consistency.type == "mse":
             return consistency_mse(student_logits, teacher_logits)
@@ -30,10 +35,9 @@ class MeanTeacher(TeacherMethod):
 
     def consistency_ramp(self, epoch: int) -> float:
         """Sigmoid ramp-up of the consistency weight, zero before begin_epoch (§b schedule)."""
-        cfg = self.config.consistency
-        if epoch < cfg.begin_epoch:
+        if epoch < self.schedule.consistency_begin:
             return 0.0
-        return sigmoid_rampup(epoch, cfg.rampup_epochs)
+        return sigmoid_rampup(epoch, self.schedule.consistency_rampup)
 
     def teacher_terms(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crckd.config import Config, apply_overrides, config_source, read_yaml, validate_config
 from crckd.errors import ConfigError
+from crckd.methods.schedule import describe_relative, describe_schedule
 
 if TYPE_CHECKING:
     from crckd.methods.base import Method
@@ -73,6 +74,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a YAML file (optional), apply `key=value` overrides and build the config."""
     raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
     return build_config(raw, source=config_source(path, overrides))
+
+
+def method_schedules(spec: MethodSpec) -> dict[str, str]:
+    """The method's schedule in each `method.schedule` mode: the paper's values as they are
+    (`epochs`) and as fractions of the run (`relative`); {} for a method without one."""
+    config = build_config({"method": {"name": spec.name}}).method
+    fields = spec.cls.schedule_fields(config)
+    if not fields:
+        return {}
+    paper = spec.cls.paper_schedule
+    return {
+        "epochs": describe_schedule(paper, fields),
+        "relative": describe_relative(paper, fields),
+    }
 
 
 def available_methods() -> list[MethodSpec]:

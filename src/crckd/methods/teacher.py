@@ -57,6 +57,14 @@ class TeacherMethod(Method):
         view = config.teacher.view
         self.teacher_view = view if view != "auto" else ("same" if self.frozen else self.ema_view)
 
+    @classmethod
+    def schedule_fields(cls, config: MethodConfig) -> tuple[str, ...]:
+        return ("ema_decay",) if config.teacher.mode == "ema" else ()
+
+    @property
+    def ema_decay(self) -> float | None:
+        return None if self.frozen else self.schedule.ema_decay
+
     @property
     def views(self) -> int:  # type: ignore[override]
         return 2 if self.teacher_view == "second" else 1
@@ -114,6 +122,6 @@ class TeacherMethod(Method):
 
     def after_step(self, step: int) -> None:
         if not self.frozen:
-            ema = self.config.ema
             student = unwrap(self.student)  # under DDP the student is wrapped
-            ema_update(self.teacher, student, step, ema.decay, ema.include_buffers)
+            include_buffers = self.config.ema.include_buffers
+            ema_update(self.teacher, student, step, self.schedule.ema_decay, include_buffers)
