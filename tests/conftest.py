@@ -18,6 +18,8 @@ from PIL import Image
 
 from crckd.cli import main
 from crckd.data import APTOS_CLASSES, HAM10000_CLASSES, ImageTable
+from crckd.engine.metrics import SCALAR_METRICS, classification_metrics, predictions_table
+from crckd.engine.run_folder import RunFolder
 
 HAM_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 
@@ -185,3 +187,32 @@ def ce_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "ce"
     assert main(["train", f"data.root={root}", f"output_dir={out}", "train.epochs=1", *FAST]) == 0
     return out
+
+
+RUN_CLASSES = ("a", "b", "c")  # the classes of `fake_run`
+
+
+def fake_run(folder: Path, labels: np.ndarray, probs: np.ndarray) -> dict:
+    """A finished HAM10000 run folder as `crckd compare` and the demo read it: config.yaml,
+    metrics.json (computed from `probs`) and test_predictions.csv; returns the metrics."""
+    run = RunFolder(folder)
+    folder.mkdir(parents=True)
+    run.write_config({"data": {"dataset": "ham10000"}, "train": {"kappa_weights": "auto"}})
+    metrics = classification_metrics(labels, probs, RUN_CLASSES)
+    run.write_metrics({**metrics, "last_epochs_mean": {k: metrics[k] for k in SCALAR_METRICS}})
+    ids = [f"img{i:04d}" for i in range(len(labels))]
+    run.write_test_predictions(predictions_table(ids, labels, probs, RUN_CLASSES))
+    return metrics
+
+
+def model_probs(rng: np.random.Generator, labels: np.ndarray, accuracy: float) -> np.ndarray:
+    """Probabilities (over `RUN_CLASSES`) whose top class is the label for exactly
+    round(accuracy * N) images, a random other class for the rest."""
+    right = np.zeros(len(labels), bool)
+    right[rng.permutation(len(labels))[: round(accuracy * len(labels))]] = True
+    top = np.where(
+        right, labels, (labels + rng.integers(1, len(RUN_CLASSES), len(labels))) % len(RUN_CLASSES)
+    )
+    probs = rng.dirichlet(np.ones(len(RUN_CLASSES)), size=len(labels)) * 0.5
+    probs[np.arange(len(labels)), top] += 1.0
+    return probs / probs.sum(axis=1, keepdims=True)

@@ -5,13 +5,16 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import FAST, make_ham_layout, write_image
+from conftest import FAST, fake_run, make_ham_layout, model_probs, write_image
 from crckd.cli import EXIT_USER_ERROR, build_parser, main
 from crckd.data import HAM10000_CLASSES, load_table
+from crckd.demo import print_differences
+from crckd.engine.metrics import SCALAR_METRICS, classification_metrics
 
 
 def run_cli(*args: str) -> int:
@@ -131,6 +134,47 @@ def test_eval_test_split_reuses_the_runs_split(ce_run, tmp_path):
     assert moved["num_samples"] == eval_metrics["num_samples"] - int((groups == lesion).sum())
 
 
+def test_run_and_eval_write_each_test_images_prediction(ce_run, tmp_path):
+    split = pd.read_csv(ce_run / "split.csv", dtype={"image_id": str})
+    test_ids = split.loc[split["split"] == "test", "image_id"]
+    table = load_table(
+        "ham10000", yaml.safe_load((ce_run / "config.yaml").read_text())["data"]["root"]
+    )
+    labels = table.frame.set_index("image_id")["label"]
+    metrics = json.loads((ce_run / "metrics.json").read_text())
+    preds = pd.read_csv(ce_run / "test_predictions.csv", dtype={"image_id": str})
+    probs_columns = [f"prob_{c}" for c in HAM10000_CLASSES]
+    assert list(preds.columns) == [
+        "image_id", "label", "label_name", "predicted", "predicted_name", *probs_columns
+    ]  # fmt: skip
+    assert sorted(preds["image_id"]) == sorted(test_ids)
+    assert (preds["label"] == labels[preds["image_id"]].to_numpy()).all()
+    assert (preds["label_name"] == [HAM10000_CLASSES[y] for y in preds["label"]]).all()
+    probs = preds[probs_columns].to_numpy()
+    assert (preds["predicted"] == probs.argmax(axis=1)).all()
+    assert (preds["predicted_name"] == [HAM10000_CLASSES[y] for y in preds["predicted"]]).all()
+    # The probabilities are those metrics.json was computed from.
+    again = classification_metrics(preds["label"].to_numpy(), probs, HAM10000_CLASSES)
+    for key in (*SCALAR_METRICS, "confusion_matrix", "num_samples"):
+        assert again[key] == metrics[key], key
+
+    root = yaml.safe_load((ce_run / "config.yaml").read_text())["data"]["root"]
+    checkpoint = str(ce_run / "checkpoints" / "best.pt")
+    out = tmp_path / "eval"
+    args = ("--checkpoint", checkpoint, "--dataset", "ham10000", "--data-root", root)
+    assert run_cli("eval", *args, "--out", str(out)) == 0
+    evaluated = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
+    assert list(evaluated.columns) == list(preds.columns)
+    evaluated = evaluated.set_index("image_id").loc[preds["image_id"]]
+    assert (evaluated["predicted"].to_numpy() == preds["predicted"].to_numpy()).all()
+    assert evaluated[probs_columns].to_numpy() == pytest.approx(probs, abs=1e-5)
+    eval_metrics = json.loads((out / "metrics.json").read_text())
+    from_csv = classification_metrics(
+        evaluated["label"].to_numpy(), evaluated[probs_columns].to_numpy(), HAM10000_CLASSES
+    )
+    assert all(from_csv[key] == eval_metrics[key] for key in SCALAR_METRICS)
+
+
 def test_eval_of_a_relative_checkpoint_finds_its_runs_split(ce_run, tmp_path, monkeypatch):
     root = yaml.safe_load((ce_run / "config.yaml").read_text())["data"]["root"]
     monkeypatch.chdir(ce_run / "checkpoints")
@@ -210,3 +254,30 @@ def test_demo_trains_three_methods_and_prints_them(tmp_path, capsys):
         assert (tmp_path / name / "metrics.json").is_file()
         assert f"  {name}: {tmp_path / name}" in out
     assert "balanced_accuracy" in out
+    test_images = json.loads((tmp_path / "ce" / "metrics.json").read_text())["num_samples"]
+    assert f"Difference to ce on the {test_images} test images, with its 95 % interval" in out
+    assert "The demo shows how to run the methods, not which is best" in out
+
+
+def test_demo_says_which_differences_are_noise(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    runs = {name: tmp_path / name for name in ("ce", "mt", "crckd")}
+    for name, accuracy in (("ce", 0.4), ("mt", 0.45), ("crckd", 0.95)):
+        fake_run(runs[name], labels, model_probs(rng, labels, accuracy))
+    intervals = print_differences(runs, "ce").set_index(["method", "metric"])
+    out = capsys.readouterr().out
+    assert "Difference to ce on the 60 test images" in out
+    crckd, mt = intervals.loc[("crckd", "accuracy")], intervals.loc[("mt", "accuracy")]
+    assert crckd["verdict"] == "better" and crckd["mean"] == pytest.approx(0.55)
+    assert mt["verdict"] == "within noise" and mt["mean"] == pytest.approx(0.05)
+    assert (
+        f"crckd is better than ce on accuracy: +0.550 [{crckd['low']:+.3f}, {crckd['high']:+.3f}]"
+        in out
+    )
+    noise = intervals[intervals["verdict"] == "within noise"]
+    assert list(noise.index) == [("mt", "balanced_accuracy"), ("mt", "accuracy")]
+    assert (
+        f"The test part has only 60 images: differences within [{noise['low'].min():+.3f}, "
+        f"{noise['high'].max():+.3f}] are noise." in out
+    )

@@ -1,12 +1,31 @@
-"""`crckd compare`: the grid of runs, skipping finished ones, and the tables it writes."""
+"""`crckd compare`: the grid of runs, skipping finished ones, the tables it writes, and the
+intervals of the differences to the reference method."""
 
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import FAST, make_colour_ham
+from conftest import FAST, fake_run, make_colour_ham, model_probs
 from crckd.cli import EXIT_USER_ERROR, main
-from crckd.tools.compare import bar_chart, markdown_table, plan_runs, summarize
+from crckd.engine.metrics import SCALAR_METRICS
+from crckd.engine.run_folder import RunFolder
+from crckd.errors import ConfigError, RunFolderError
+from crckd.tools.compare import (
+    bar_chart,
+    bootstrap_runs,
+    check_reference,
+    collect,
+    difference_table,
+    differences,
+    markdown_table,
+    plan_runs,
+    run_kappa_weights,
+    summarize,
+    write_comparison,
+)
 
 
 def test_plan_covers_methods_seeds_and_folds():
@@ -68,7 +87,13 @@ def test_compare_runs_the_grid_once_and_writes_tables(tmp_path, capsys):
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| ce | 2 |" in text and "| mt | 2 |" in text
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
-    capsys.readouterr()
+    assert "## Differences to ce" in text
+    assert len(pd.read_csv(tmp_path / "cmp" / "differences.csv")) == len(SCALAR_METRICS)
+    per_run = pd.read_csv(tmp_path / "cmp" / "bootstrap.csv")
+    assert sorted(set(zip(per_run["method"], per_run["run"], strict=True))) == [
+        ("mt", "seed0"), ("mt", "seed1")
+    ]  # fmt: skip
+    assert "Differences to ce (95 % intervals" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "cmp"), "--report"]) == 0
     assert capsys.readouterr().out.count("done, skipped") == 4
     html = (tmp_path / "cmp" / "report" / "index.html").read_text()
@@ -85,3 +110,118 @@ def test_one_run_shows_no_spread():
     frame = pd.DataFrame({"method": ["a", "b", "b"], "kappa": [0.5, 0.25, 0.75]})
     table = markdown_table(summarize(frame, metrics=["kappa"]), metrics=["kappa"])
     assert "| a | 1 | **0.500** |" in table and "**0.500 ± 0.354**" in table
+
+
+# --- differences to the reference, on synthetic run folders -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_comparison(tmp_path_factory):
+    """ce, good (15 points more accuracy at every seed) and same (ce's accuracy: equal quality,
+    other mistakes) over seeds 0-2, 600 test images each."""
+    out = tmp_path_factory.mktemp("cmp")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    for seed in range(3):
+        for method, accuracy in (("ce", 0.6), ("good", 0.75), ("same", 0.6)):
+            fake_run(out / method / f"seed{seed}", labels, model_probs(rng, labels, accuracy))
+    plan = plan_runs(["ce", "good", "same"], [0, 1, 2])
+    return out, collect(out, plan)
+
+
+def test_differences_call_a_real_gain_better_and_an_equal_method_noise(synthetic_comparison):
+    out, frame = synthetic_comparison
+    diff = differences(frame, out, "ce", resamples=300)
+    paired = diff.paired.set_index(["method", "metric"])
+    good = paired.loc[("good", "accuracy")]
+    assert good["n"] == 3 and good["mean"] == pytest.approx(0.15)  # exactly 90 more images right
+    assert good["verdict"] == "better" and good["low"] == pytest.approx(0.15)  # no spread
+    assert paired.loc[("same", "accuracy"), "mean"] == pytest.approx(0.0)
+    assert paired.loc[("same", "accuracy"), "verdict"] == "within noise"
+    per_run = diff.bootstrap.set_index(["method", "run", "metric"])
+    assert len(diff.bootstrap) == 2 * 3 * len(SCALAR_METRICS) and diff.notes == []
+    for seed in range(3):
+        run = per_run.loc[("good", f"seed{seed}", "accuracy")]
+        assert (run["n"], run["mean"], run["verdict"]) == (600, pytest.approx(0.15), "better")
+        assert run["low"] < 0.15 < run["high"]
+        assert per_run.loc[("same", f"seed{seed}", "balanced_accuracy"), "verdict"] == (
+            "within noise"
+        )
+
+
+def test_bootstrap_of_two_runs_pairs_images_by_id_and_matches_their_metrics(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 200)
+    ours = fake_run(tmp_path / "a", labels, model_probs(rng, labels, 0.7))
+    ref = fake_run(tmp_path / "r", labels, model_probs(rng, labels, 0.5))
+    # Rows in another order: the pairing is by image id, not by position.
+    shuffled = pd.read_csv(tmp_path / "a" / "test_predictions.csv").sample(frac=1, random_state=0)
+    shuffled.to_csv(tmp_path / "a" / "test_predictions.csv", index=False)
+    found = bootstrap_runs(tmp_path / "a", tmp_path / "r", resamples=50)
+    for metric in SCALAR_METRICS:
+        assert found[metric].mean == pytest.approx(ours[metric] - ref[metric]), metric
+    (tmp_path / "r" / "test_predictions.csv").write_text(
+        "image_id,label,prob_a,prob_b,prob_c\nimg0000,0,1,0,0\n"
+    )
+    with pytest.raises(RunFolderError, match="not tested on the same images"):
+        bootstrap_runs(tmp_path / "a", tmp_path / "r")
+
+
+def test_kappa_is_weighted_as_the_runs_dataset_says(tmp_path):
+    run = RunFolder(tmp_path)
+    run.write_config({"data": {"dataset": "aptos"}, "train": {"kappa_weights": "auto"}})
+    assert run_kappa_weights(run) == "quadratic"
+    run.write_config({"data": {"dataset": "HAM10000"}, "train": {"kappa_weights": "linear"}})
+    assert run_kappa_weights(run) == "linear"
+    run.write_config({"data": {"dataset": "ham10000"}, "train": {"kappa_weights": "auto"}})
+    assert run_kappa_weights(run) is None
+
+
+def test_comparison_files_state_findings_and_noise_in_words(synthetic_comparison, tmp_path):
+    out, frame = synthetic_comparison
+    copy = shutil.copytree(out, tmp_path / "cmp")
+    (copy / "same" / "seed2" / "test_predictions.csv").unlink()  # a run from an older crckd
+    comparison = write_comparison(frame, copy, "ce")
+    text = (copy / "comparison.md").read_text()
+    good = comparison.differences.paired.set_index(["method", "metric"]).loc[("good", "f1_macro")]
+    assert good["verdict"] == "better"
+    assert (
+        f"good is better than ce on f1_macro: {good['mean']:+.3f} "
+        f"[{good['low']:+.3f}, {good['high']:+.3f}] (over 3 paired runs)" in text
+    )
+    assert "same is within noise of ce on accuracy, balanced_accuracy" in text
+    assert "good is better than ce on accuracy over the test images in 3 of 3 runs" in text
+    assert "same seed2: no test-image interval" in text and "test_predictions.csv" in text
+    assert "**" in text.split("## Differences")[0]  # the best mean is still bold
+    assert "**" not in text.split("## Differences")[1]
+    paired = pd.read_csv(copy / "differences.csv")
+    assert list(paired.columns) == ["method", "metric", "n", "mean", "low", "high", "verdict"]
+    assert len(paired) == 2 * len(SCALAR_METRICS)
+    per_run = pd.read_csv(copy / "bootstrap.csv")
+    assert len(per_run) == (3 + 2) * len(SCALAR_METRICS)  # same seed2 left out
+    assert set(per_run.loc[per_run["method"] == "same", "run"]) == {"seed0", "seed1"}
+    table = difference_table(comparison.differences.paired, ["method"])
+    assert table.loc["good", "accuracy"].endswith(" better")
+    assert not table.loc["same", "accuracy"].endswith(("better", "worse"))
+
+
+def test_a_reference_outside_the_methods_stops_compare_before_training(tmp_path, capsys):
+    args = ["compare", "-c", str(tmp_path / "base.yaml"), "--methods", "mt", "crckd"]
+    assert main([*args, "--out", str(tmp_path / "cmp")]) == EXIT_USER_ERROR
+    assert "the reference method 'ce' is not among the compared methods" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_reference_must_be_compared_unless_there_is_one_method(tmp_path):
+    assert check_reference(["ce", "crckd"], "ce") == "ce"
+    assert check_reference(["crckd"], "ce") is None
+    with pytest.raises(ConfigError, match="'ce' is not among the compared methods"):
+        check_reference(["mt", "crckd"], "ce")
+    frame = pd.DataFrame(
+        {"method": ["crckd"], "seed": [0], "fold": [None]}
+        | {m: [0.5] for m in SCALAR_METRICS}
+        | {f"last_{m}": [0.5] for m in SCALAR_METRICS}
+    )
+    assert write_comparison(frame, tmp_path, "ce").differences is None
+    assert "One method only: no differences" in (tmp_path / "comparison.md").read_text()
+    assert not (tmp_path / "differences.csv").exists()

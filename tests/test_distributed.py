@@ -98,6 +98,15 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
     for column in (c for c in losses if c != "train_seconds"):
         assert ddp_log[column].tolist() == pytest.approx(single_log[column].tolist(), rel=1e-4)
     assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
+    # Each test image keeps its own label and prediction when the ranks' shares are gathered.
+    single_preds, ddp_preds = (
+        pd.read_csv(d / "run" / "test_predictions.csv").sort_values("image_id", ignore_index=True)
+        for d in (single_dir, ddp_dir)
+    )
+    assert ddp_preds["image_id"].tolist() == single_preds["image_id"].tolist()
+    assert ddp_preds["label"].tolist() == single_preds["label"].tolist()
+    probs = [c for c in single_preds.columns if c.startswith("prob_")]
+    assert ddp_preds[probs].to_numpy() == pytest.approx(single_preds[probs].to_numpy(), abs=1e-4)
     assert not (ddp_dir / "run" / "rank1").exists()
     # Dropout masks differ between ranks, as between a process's images.
     assert not torch.equal(rank0["global_draw"], rank1["global_draw"])

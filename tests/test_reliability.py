@@ -223,7 +223,13 @@ def test_a_read_only_or_impossible_output_folder_is_refused(data_root, tmp_path,
 def fake_run(folder: Path) -> Path:
     """A run folder of an earlier run, with a file of the user's beside it."""
     (folder / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.json", "checkpoints/last.pt", "notes.txt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "test_predictions.csv",
+        "checkpoints/last.pt",
+        "notes.txt",
+    ):
         (folder / name).write_text(f"earlier {name}\n")
     return folder
 
@@ -243,7 +249,8 @@ def test_resume_cleans_temporary_files_and_restarts_a_run_without_checkpoint(dat
     out = tmp_path / "run"
     args = tiny_args(data_root, out, "train.deterministic=true")
     assert main(["train", *args]) == 0
-    finished = {name: (out / name).read_text() for name in ("metrics.json", "per_class.csv")}
+    names = ("metrics.json", "per_class.csv", "test_predictions.csv")
+    finished = {name: (out / name).read_text() for name in names}
     last_epoch = load_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
     # As if killed during the first epoch: the run's files are there, no checkpoint yet, and a
     # half-written one.

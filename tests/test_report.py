@@ -13,6 +13,8 @@ from PIL import Image
 
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import HAM10000_CLASSES
+from crckd.engine.metrics import SCALAR_METRICS
+from crckd.tools.compare import collect, differences, plan_runs
 from crckd.tools.report import (
     expected_calibration_error,
     load_run,
@@ -121,6 +123,20 @@ def test_several_runs_are_compared_side_by_side(ce_run, tmp_path):
     assert set(page.sources) == {p.name for p in out.glob("*.png")}
     text = (out / "index.html").read_text(encoding="utf-8")
     assert "<th>ce</th>" in text and "<th>ce_copy</th>" in text
+
+
+def test_a_comparison_report_shows_the_differences_to_the_reference(ce_run, tmp_path):
+    runs = [shutil.copytree(ce_run, tmp_path / "cmp" / m / "seed0") for m in ("ce", "mt")]
+    frame = collect(tmp_path / "cmp", plan_runs(["ce", "mt"], [0]))
+    diff = differences(frame, tmp_path / "cmp", "ce", resamples=100)
+    out = tmp_path / "report"
+    write_report(runs, out, progress=False, differences=diff)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "<h2>differences to ce (95 % intervals)</h2>" in text
+    # The same predictions: no difference on any resample of the test images.
+    assert text.count("<td>+0.000 [+0.000, +0.000]</td>") == len(SCALAR_METRICS)
+    assert "mt: 1 run paired with ce, so no interval over runs" in text
+    assert "every run is within noise of its ce run on every metric" in text
 
 
 def test_several_runs_without_out_exit_2(ce_run, capsys):

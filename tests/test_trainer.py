@@ -40,7 +40,8 @@ def test_ce_learns_above_chance_in_two_epochs(colour_ham, tmp_path):
 def test_crckd_run_writes_the_documented_run_folder(colour_ham, tmp_path):
     out = tmp_path / "run"
     result = train(config_for(colour_ham, out, "method.name=crckd", "train.epochs=2"))
-    for name in ("config.yaml", "split.csv", "epochs.csv", "metrics.json", "per_class.csv"):
+    names = ("config.yaml", "split.csv", "epochs.csv", "metrics.json", "per_class.csv")
+    for name in (*names, "test_predictions.csv"):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "last.pt").is_file()
     assert (out / "checkpoints" / "best.pt").is_file()

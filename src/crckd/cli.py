@@ -85,23 +85,42 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from crckd.config import apply_overrides, read_yaml
-    from crckd.tools.compare import markdown_table, plan_runs, run_comparison, write_comparison
+    from crckd.tools.compare import (
+        check_reference,
+        differences_in_words,
+        markdown_table,
+        plan_runs,
+        run_comparison,
+        write_comparison,
+    )
 
+    reference = check_reference(args.methods, args.reference)  # before hours of training
     raw = apply_overrides(read_yaml(args.config), args.overrides)
     out = Path(args.out)
     frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
-    summary = write_comparison(frame, out)
-    print(markdown_table(summary))
-    print(
-        f"comparison: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}"
-    )
+    comparison = write_comparison(frame, out, args.reference)
+    print(markdown_table(comparison.summary))
+    written = ["comparison.md", "comparison.csv", "comparison.png"]
+    diff = comparison.differences
+    if diff is None:
+        print("note: one method only, so no differences to a reference")
+    else:
+        print(f"Differences to {reference} (95 % intervals; better or worse only if 0 is outside):")
+        for line in differences_in_words(diff):
+            print(f"  {line}")
+        for note in diff.notes:
+            print(f"note: {note}")
+        written += ["differences.csv", "bootstrap.csv"]
+    print("comparison: " + ", ".join(str(out / name) for name in written))
     if args.report:
         from crckd.tools.report import write_report
 
         plan = plan_runs(args.methods, args.seeds, args.folds)
         runs = [out / run.method / run.name for run in plan]
         report = write_report(
-            [run for run in runs if (run / "metrics.json").exists()], out / "report"
+            [run for run in runs if (run / "metrics.json").exists()],
+            out / "report",
+            differences=diff,
         )
         print(f"report: {report.index}")
 
@@ -149,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="'all' evaluates every image (external test set); others use the run's split",
     )
     p.add_argument("--split-file", help="split.csv to use instead of the run's")
-    p.add_argument("--out", required=True, help="folder for metrics.json and per_class.csv")
+    p.add_argument(
+        "--out", required=True, help="folder for metrics.json, per_class.csv and predictions.csv"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_eval)
@@ -188,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--folds", nargs="+", type=int, help="test folds of a kfold split (APTOS)")
     p.add_argument("--out", required=True, help="folder of the runs and the comparison files")
+    p.add_argument(
+        "--reference",
+        default="ce",
+        help="method the others are compared with: differences with 95%% intervals (default ce)",
+    )
     p.add_argument("--report", action="store_true", help="also write OUT/report/index.html")
     p.set_defaults(func=_cmd_compare)
 

@@ -1,4 +1,5 @@
-"""`crckd demo`: train `ce`, `mt` and `crckd` on the shipped HAM10000 sample, side by side."""
+"""`crckd demo`: train `ce`, `mt` and `crckd` on the shipped HAM10000 sample, side by side,
+and say which differences between them the sample's few test images can tell from noise."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from crckd.data import sample_root
 from crckd.engine import train
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.methods import build_config
+from crckd.tools.compare import bootstrap_runs, difference_table, interval_text
+
+DEMO_METRICS = ("balanced_accuracy", "accuracy")  # the differences the demo prints
 
 
 def demo_config_path() -> Path:
@@ -38,7 +42,47 @@ def run_demo(
     table = pd.DataFrame.from_dict(rows, orient="index")
     print("\nTest metrics of the model selected on the validation split (HAM10000 sample):")
     print(table.drop(columns="run folder").to_string(float_format=lambda v: f"{v:.3f}"))
+    if len(rows) > 1:
+        reference = "ce" if "ce" in rows else next(iter(rows))
+        print_differences({name: Path(row["run folder"]) for name, row in rows.items()}, reference)
     print("\nRun folders:")
     for name, row in rows.items():
         print(f"  {name}: {row['run folder']}")
     return table
+
+
+def print_differences(run_dirs: dict[str, Path], reference: str) -> pd.DataFrame:
+    """Print each method's difference to `reference` with its 95 % bootstrap interval over the
+    test images, and say in words which are noise; return the intervals (one row a method and
+    metric)."""
+    rows = []
+    for name, run_dir in run_dirs.items():
+        if name == reference:
+            continue
+        found = bootstrap_runs(run_dir, run_dirs[reference], metrics=DEMO_METRICS)
+        rows += [{"method": name, "metric": m, **found[m].as_row()} for m in DEMO_METRICS]
+    intervals = pd.DataFrame(rows)
+    images = int(intervals["n"].iloc[0])
+    print(
+        f"\nDifference to {reference} on the {images} test images, with its 95 % interval "
+        "(paired bootstrap;\nbetter or worse only where the interval excludes 0):"
+    )
+    print(difference_table(intervals, ["method"]).rename_axis(index=None, columns=None).to_string())
+    noise = intervals[intervals["verdict"] == "within noise"]
+    found = intervals[intervals["verdict"].isin(["better", "worse"])]
+    for row in found.to_dict("records"):
+        print(
+            f"{row['method']} is {row['verdict']} than {reference} on {row['metric']}: "
+            f"{interval_text(row, verdict=False)} (one seed, on these images only)"
+        )
+    if len(noise):
+        print(
+            f"The test part has only {images} images: differences within "
+            f"[{noise['low'].min():+.3f}, {noise['high'].max():+.3f}] are noise"
+            + (", and every difference above is within noise." if found.empty else ".")
+        )
+    print(
+        "The demo shows how to run the methods, not which is best: docs/benchmarks.md compares "
+        "them on the full datasets over several seeds."
+    )
+    return intervals

@@ -50,6 +50,7 @@ SCALAR_METRICS = (
 )
 PER_CLASS_METRICS = ("sensitivity", "specificity", "auc", "precision", "f1", "support")
 KAPPA_WEIGHTS = (None, "linear", "quadratic")
+PROB_PREFIX = "prob_"  # column prefix of the class probabilities in predictions tables
 
 
 def classification_metrics(
@@ -187,6 +188,29 @@ def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:
     rows = [{"class": name, **values} for name, values in metrics["per_class"].items()]
     table = pd.DataFrame(rows, columns=["class", *PER_CLASS_METRICS])
     return table.astype({"auc": float})
+
+
+def predictions_table(
+    image_ids: Sequence[str], labels: ArrayLike, probs: ArrayLike, classes: Sequence[str]
+) -> pd.DataFrame:
+    """One row per image: image_id, label, label_name, predicted (the top class), predicted_name
+    and prob_<class> per class, the probabilities the metrics were computed from."""
+    y, probs = _check_inputs(labels, probs, len(classes))
+    if len(image_ids) != len(y):
+        raise ValueError(f"{len(image_ids)} image ids for {len(y)} predictions")
+    names = np.asarray(classes, dtype=object)
+    pred = probs.argmax(axis=1)
+    table = pd.DataFrame(
+        {
+            "image_id": list(image_ids),
+            "label": y,
+            "label_name": names[y],
+            "predicted": pred,
+            "predicted_name": names[pred],
+        }
+    )
+    probs_frame = pd.DataFrame(probs, columns=[f"{PROB_PREFIX}{c}" for c in classes])
+    return pd.concat([table, probs_frame], axis=1)
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:

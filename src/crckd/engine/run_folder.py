@@ -1,9 +1,9 @@
 """The run folder: every file a training run writes, and the rules for reusing a folder.
 
 Layout (a documented format, see docs/run-folder.md): config.yaml, split.csv, data_check.json,
-epochs.csv, metrics.json, per_class.csv, tensorboard/, checkpoints/. A failed write (disk full,
-read-only folder) raises RunFolderError naming the file and the reason; the file's previous
-version is kept.
+epochs.csv, metrics.json, per_class.csv, test_predictions.csv, tensorboard/, checkpoints/. A
+failed write (disk full, read-only folder) raises RunFolderError naming the file and the reason;
+the file's previous version is kept.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class RunFolder:
         return self.root / "per_class.csv"
 
     @property
+    def test_predictions(self) -> Path:
+        return self.root / "test_predictions.csv"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
@@ -100,7 +104,16 @@ class RunFolder:
                 pass
 
     def _run_files(self) -> list[Path]:
-        names = ("config", "split", "data_check", "epochs", "metrics", "per_class", "tensorboard")
+        names = (
+            "config",
+            "split",
+            "data_check",
+            "epochs",
+            "metrics",
+            "per_class",
+            "test_predictions",
+            "tensorboard",
+        )
         return [getattr(self, name) for name in names] + [self.root / "checkpoints"]
 
     def _temporary_files(self) -> list[Path]:
@@ -128,6 +141,9 @@ class RunFolder:
 
     def write_per_class(self, table: pd.DataFrame) -> None:
         atomic_write_text(self.per_class, table.to_csv(index=False))
+
+    def write_test_predictions(self, table: pd.DataFrame) -> None:
+        atomic_write_text(self.test_predictions, table.to_csv(index=False))
 
 
 _WRITE_ERRORS = {

@@ -49,6 +49,7 @@ from crckd.engine.metrics import (
     SCALAR_METRICS,
     classification_metrics,
     per_class_table,
+    predictions_table,
     resolve_kappa_weights,
 )
 from crckd.engine.precision import resolve_precision
@@ -427,6 +428,11 @@ class Trainer:
         return {f"{prefix}{key}": metrics[key] for key in SCALAR_METRICS}
 
     def _metrics(self, name: str) -> dict[str, Any]:
+        probs, labels = self._predict(name)
+        return classification_metrics(labels, probs, self.data.classes, self.kappa)
+
+    def _predict(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels of the whole split (every rank's share, in rank order)."""
         try:
             probs, labels = predict_probs(
                 self.student,
@@ -448,7 +454,14 @@ class Trainer:
                 f"BatchNorm statistics overflowed); the last checkpoint {self.run.last_checkpoint} "
                 "is kept: resume from it with a lower train.lr or train.amp=bf16/off"
             )
-        return classification_metrics(labels, probs, self.data.classes, self.kappa)
+        return probs, labels
+
+    def _test_ids(self) -> np.ndarray:
+        """Image ids of the test split in the order `_predict("test")` returns them (each
+        rank's share in turn)."""
+        test, world = self.data.test, self.dist.world_size
+        positions = np.concatenate([test[rank::world] for rank in range(world)])
+        return self.data.table.frame["image_id"].to_numpy()[positions]
 
     @property
     def student(self) -> torch.nn.Module:
@@ -512,7 +525,8 @@ class Trainer:
     def _finish(self, state: dict[str, Any]) -> RunResult:
         best = load_checkpoint(self.run.best_checkpoint)
         self.student.load_state_dict(best["student"])
-        metrics = self._metrics("test")
+        probs, labels = self._predict("test")
+        metrics = classification_metrics(labels, probs, self.data.classes, self.kappa)
         report_last_k = self.config.train.report_last_k
         last = [r for r in state["history"] if f"test_{self.select_metric}" in r][-report_last_k:]
         metrics.update(
@@ -525,6 +539,9 @@ class Trainer:
             }
         )
         if self.dist.is_main:
+            # The predictions first: a run with metrics.json (finished) has them too.
+            table = predictions_table(self._test_ids(), labels, probs, self.data.classes)
+            self.run.write_test_predictions(table)
             self.run.write_metrics(metrics)
             self.run.write_per_class(per_class_table(metrics))
         return RunResult(self.run.root, metrics)

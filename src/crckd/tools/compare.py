@@ -3,6 +3,11 @@
 Each run gets its own folder `OUT/<method>/seed<s>[-fold<k>]`. A run whose `metrics.json`
 exists is skipped, one with only `checkpoints/last.pt` is resumed, so an interrupted comparison
 is continued by running the same command again.
+
+Besides the means, every method is compared with a reference method (`ce` by default) by 95 %
+intervals of the difference (`crckd.tools.stats`): over the runs paired by seed and fold, and
+for each run over its test images (a paired bootstrap of its `test_predictions.csv` against the
+reference run's). A difference is called better or worse only when its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -17,15 +22,24 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from crckd.config import config_to_dict, deep_merge, read_yaml
-from crckd.engine.metrics import SCALAR_METRICS
+from crckd.data.datasets import LAYOUTS
+from crckd.engine.metrics import PROB_PREFIX, SCALAR_METRICS, resolve_kappa_weights
 from crckd.engine.resume import training_changes
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.engine.trainer import train
-from crckd.errors import ConfigError
+from crckd.errors import ConfigError, RunFolderError
 from crckd.methods import build_config
 from crckd.tools.plots import new_figure
+from crckd.tools.stats import (
+    INTERVAL_FIELDS,
+    Interval,
+    bootstrap_difference,
+    paired_differences,
+)
 
 CHART_METRICS = ("balanced_accuracy", "f1_macro", "auc_macro", "kappa")
+DEFAULT_REFERENCE = "ce"
+RESAMPLES = 1000  # bootstrap resamples of the test images
 
 
 @dataclass(frozen=True)
@@ -152,8 +166,227 @@ def bar_chart(summary: pd.DataFrame, path: Path, metrics: Sequence[str] = CHART_
     return fig
 
 
-def write_comparison(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """comparison.csv (per run), comparison.md (mean ± std, best in bold) and comparison.png."""
+def check_reference(methods: Sequence[str], reference: str) -> str | None:
+    """The reference method to compare the others with; None when only one method is compared
+    (nothing to compare). A reference that is not among several methods is a ConfigError."""
+    methods = list(dict.fromkeys(methods))
+    if len(methods) < 2:
+        return None
+    if reference not in methods:
+        raise ConfigError(
+            f"the reference method {reference!r} is not among the compared methods "
+            f"({', '.join(methods)}): add it to --methods or choose one with --reference"
+        )
+    return reference
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A `test_predictions.csv` (or `crckd eval`'s predictions.csv), indexed by image id."""
+    if not path.is_file():
+        raise RunFolderError(f"{path} does not exist (a run made before crckd wrote it?)")
+    table = pd.read_csv(path, dtype={"image_id": str}).set_index("image_id")
+    if "label" not in table or not any(c.startswith(PROB_PREFIX) for c in table.columns):
+        raise RunFolderError(f"{path} is not a predictions table (no label or prob_ columns)")
+    return table
+
+
+def run_kappa_weights(run: RunFolder) -> str | None:
+    """The kappa weighting a run's metrics use (its train.kappa_weights and dataset)."""
+    config = read_yaml(run.config)
+    ordinal = LAYOUTS[str(config["data"]["dataset"]).strip().lower()].ordinal
+    return resolve_kappa_weights(config["train"]["kappa_weights"], ordinal)
+
+
+def bootstrap_runs(
+    run_dir: Path,
+    reference_dir: Path,
+    *,
+    metrics: Sequence[str] = SCALAR_METRICS,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """95 % intervals of `metric(run) - metric(reference run)` over the test images, from both
+    runs' test_predictions.csv (paired by image id; the reference run's kappa weighting).
+    RunFolderError when a file is missing or the two were not tested on the same images."""
+    ours = read_predictions(RunFolder(run_dir).test_predictions)
+    ref = read_predictions(RunFolder(reference_dir).test_predictions)
+    if set(ours.index) != set(ref.index) or list(ours.columns) != list(ref.columns):
+        raise RunFolderError(
+            f"{run_dir} and {reference_dir} were not tested on the same images and classes"
+        )
+    ours = ours.loc[ref.index]
+    if not (ours["label"] == ref["label"]).all():
+        raise RunFolderError(f"{run_dir} and {reference_dir} give the same images other labels")
+    probs = [t[[c for c in t.columns if c.startswith(PROB_PREFIX)]].to_numpy() for t in (ours, ref)]
+    return bootstrap_difference(
+        ref["label"].to_numpy(),
+        *probs,
+        kappa_weights=run_kappa_weights(RunFolder(reference_dir)),
+        metrics=metrics,
+        resamples=resamples,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class Differences:
+    """Every method against the reference: `paired` over runs (differences.csv), `bootstrap`
+    per run over its test images (bootstrap.csv), and `notes` on runs left out."""
+
+    reference: str
+    paired: pd.DataFrame
+    bootstrap: pd.DataFrame
+    notes: list[str]
+
+
+def differences(
+    frame: pd.DataFrame, out_dir: Path, reference: str, *, resamples: int = RESAMPLES
+) -> Differences:
+    """The paired differences of `frame`'s runs (as `collect` returns them) to the reference
+    method, and each run's bootstrap interval against the reference run of its seed and fold."""
+    paired = paired_differences(frame, reference)
+    runs = [PlannedRun(r.method, int(r.seed), _fold(r.fold)) for r in frame.itertuples()]
+    done = {(run.seed, run.fold) for run in runs if run.method == reference}
+    rows, notes = [], []
+    for run in runs:
+        if run.method == reference:
+            continue
+        if (run.seed, run.fold) not in done:
+            notes.append(f"{run.method} {run.name}: no finished {reference} run to pair it with")
+            continue
+        try:
+            intervals = bootstrap_runs(
+                out_dir / run.method / run.name,
+                out_dir / reference / run.name,
+                resamples=resamples,
+            )
+        except RunFolderError as err:
+            notes.append(f"{run.method} {run.name}: no test-image interval ({err})")
+            continue
+        for metric, interval in intervals.items():
+            row = {"method": run.method, "run": run.name, "seed": run.seed, "fold": run.fold}
+            rows.append({**row, "metric": metric, **interval.as_row()})
+    columns = ["method", "run", "seed", "fold", "metric", *INTERVAL_FIELDS]
+    bootstrap = pd.DataFrame(rows, columns=columns)
+    return Differences(reference, paired, bootstrap, notes)
+
+
+def _fold(value: object) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def interval_text(row: pd.Series | dict[str, Any], *, verdict: bool = True) -> str:
+    """`+0.030 [+0.010, +0.050]`, followed (with `verdict`) by `better` or `worse` when the
+    interval excludes 0."""
+    if pd.isna(row["mean"]):
+        return "n/a"
+    mean = f"{row['mean']:+.3f}"
+    if pd.isna(row["low"]):
+        return f"{mean} (no interval)"
+    text = f"{mean} [{row['low']:+.3f}, {row['high']:+.3f}]"
+    found = verdict and row["verdict"] in ("better", "worse")
+    return text + (f" {row['verdict']}" if found else "")
+
+
+def difference_table(long: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per `keys` (method, or method and run), one column per metric, each cell the
+    difference with its interval (`interval_text`)."""
+    cells = long.assign(cell=long.apply(interval_text, axis=1))
+    order = list(dict.fromkeys(cells.set_index(list(keys)).index))
+    wide = cells.pivot_table(index=list(keys), columns="metric", values="cell", aggfunc="first")
+    return wide.reindex(index=order)[list(dict.fromkeys(long["metric"]))]
+
+
+def differences_in_words(diff: Differences) -> list[str]:
+    """Sentences for the differences whose interval excludes 0; the rest are within noise."""
+    lines = []
+    for method, table in diff.paired.groupby("method", sort=False):
+        pairs = int(table["n"].max())
+        if pairs < 2:
+            lines.append(
+                f"{method}: {pairs} run paired with {diff.reference}, so no interval over runs; "
+                "see the per-run intervals over the test images"
+            )
+            continue
+        for row in table[table["verdict"].isin(["better", "worse"])].to_dict("records"):
+            lines.append(
+                f"{method} is {row['verdict']} than {diff.reference} on {row['metric']}: "
+                f"{interval_text(row, verdict=False)} (over {pairs} paired runs)"
+            )
+        noise = table.loc[table["verdict"] == "within noise", "metric"].tolist()
+        if noise:
+            lines.append(
+                f"{method} is within noise of {diff.reference} on {', '.join(noise)} "
+                f"(the 95 % interval over {pairs} paired runs includes 0)"
+            )
+    runs = diff.bootstrap
+    found = runs[runs["verdict"].isin(["better", "worse"])]
+    for (method, metric, word), rows in found.groupby(["method", "metric", "verdict"], sort=False):
+        total = int(((runs["method"] == method) & (runs["metric"] == metric)).sum())
+        shown = "; ".join(
+            f"{r['run']} {interval_text(r, verdict=False)}" for _, r in rows.iterrows()
+        )
+        lines.append(
+            f"{method} is {word} than {diff.reference} on {metric} over the test images in "
+            f"{len(rows)} of {total} runs ({shown})"
+        )
+    if len(runs) and found.empty:
+        lines.append(
+            f"on the test images, every run is within noise of its {diff.reference} run on every "
+            "metric"
+        )
+    return lines
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    names = list(table.index.names)
+    lines = [
+        "| " + " | ".join([*names, *table.columns]) + " |",
+        "|" + "---|" * (len(names) + len(table.columns)),
+    ]
+    for key, row in table.iterrows():
+        keys = key if isinstance(key, tuple) else (key,)
+        lines.append("| " + " | ".join([*map(str, keys), *row.fillna("n/a")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def differences_markdown(diff: Differences) -> str:
+    """The comparison.md section: both tables of intervals and the findings in words."""
+    parts = [
+        f"## Differences to {diff.reference}\n\n"
+        f"Method minus {diff.reference}, with its 95 % interval; *better* or *worse* only where "
+        "the interval excludes 0, otherwise the difference is within noise. The bold means "
+        "above are the highest, not necessarily a real difference.\n\n"
+        "Over the runs, paired by seed and fold (Student's t interval of the mean difference):"
+        "\n\n",
+        _markdown(difference_table(diff.paired, ["method"])),
+    ]
+    if len(diff.bootstrap):
+        parts += [
+            f"\nPer run, over its test images (paired bootstrap, {RESAMPLES} resamples, against "
+            f"the {diff.reference} run of the same seed and fold):\n\n",
+            _markdown(difference_table(diff.bootstrap, ["method", "run"])),
+        ]
+    parts.append("\nIn words:\n\n" + "".join(f"- {line}\n" for line in differences_in_words(diff)))
+    if diff.notes:
+        parts.append("\nNotes:\n\n" + "".join(f"- {note}\n" for note in diff.notes))
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What `write_comparison` wrote: the summary (mean and std) and the differences to the
+    reference (None with fewer than two methods)."""
+
+    summary: pd.DataFrame
+    differences: Differences | None
+
+
+def write_comparison(
+    frame: pd.DataFrame, out_dir: Path, reference: str = DEFAULT_REFERENCE
+) -> Comparison:
+    """comparison.csv (per run), comparison.md (mean ± std, best in bold, and the differences
+    to `reference`), comparison.png, and differences.csv and bootstrap.csv (the intervals)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "comparison.csv", frame.to_csv(index=False))
     summary = summarize(frame)
@@ -166,6 +399,14 @@ def write_comparison(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
         + "\nMean of the last test epochs (the paper's reporting rule):\n\n"
         + markdown_table(summarize(last))
     )
+    diff = None
+    if check_reference(frame["method"].tolist(), reference) is not None:
+        diff = differences(frame, out_dir, reference)
+        atomic_write_text(out_dir / "differences.csv", diff.paired.to_csv(index=False))
+        atomic_write_text(out_dir / "bootstrap.csv", diff.bootstrap.to_csv(index=False))
+        text += "\n" + differences_markdown(diff)
+    else:
+        text += "\nOne method only: no differences to a reference.\n"
     atomic_write_text(out_dir / "comparison.md", text)
     bar_chart(summary, out_dir / "comparison.png")
-    return summary
+    return Comparison(summary, diff)

@@ -17,10 +17,17 @@ from crckd.engine.inference import (
     resolve_device,
     table_loader,
 )
-from crckd.engine.metrics import classification_metrics, per_class_table, resolve_kappa_weights
+from crckd.engine.metrics import (
+    classification_metrics,
+    per_class_table,
+    predictions_table,
+    resolve_kappa_weights,
+)
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import DataError
 from crckd.tools.export import is_exported, load_exported
+
+PREDICTIONS_CSV = "predictions.csv"  # what `evaluate_checkpoint` writes beside metrics.json
 
 
 def evaluate_checkpoint(
@@ -36,7 +43,8 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint on a dataset folder, written to `out_dir/metrics.json`.
+    """Metrics of a checkpoint on a dataset folder, written to `out_dir/metrics.json` (and
+    `per_class.csv`), with each image's prediction in `out_dir/predictions.csv`.
 
     `split="all"` uses every image (an external test set); `split="test"` uses the test part of
     `split_file`, by default the split.csv of the run the checkpoint belongs to.
@@ -61,6 +69,9 @@ def evaluate_checkpoint(
     out = RunFolder(Path(out_dir))
     out.write_metrics(metrics)
     out.write_per_class(per_class_table(metrics))
+    ids = table.frame["image_id"].to_numpy()[positions]
+    predictions = predictions_table(ids, labels, probs, student.classes)
+    atomic_write_text(out.root / PREDICTIONS_CSV, predictions.to_csv(index=False))
     return metrics
 
 

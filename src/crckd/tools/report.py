@@ -36,6 +36,7 @@ from crckd.engine.inference import (
 from crckd.engine.metrics import SCALAR_METRICS, per_class_table
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from crckd.tools.compare import Differences, difference_table, differences_in_words
 from crckd.tools.plots import new_figure
 
 ECE_BINS = 15
@@ -345,6 +346,25 @@ def _summary_table(runs: Sequence[RunData], eces: dict[str, float | None]) -> st
     return table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
 
 
+def _differences_section(diff: Differences) -> str:
+    """The differences to the reference method (`crckd compare`): tables and findings."""
+    parts = [
+        f"<h2>differences to {html.escape(diff.reference)} (95 % intervals)</h2>",
+        "<p>Method minus reference. <em>better</em> or <em>worse</em> only where the interval "
+        "excludes 0; otherwise the difference is within noise.</p>",
+        "<h3>over runs paired by seed and fold (t interval)</h3>",
+        difference_table(diff.paired, ["method"]).to_html(na_rep="n/a"),
+    ]
+    if len(diff.bootstrap):
+        parts += [
+            "<h3>per run, over its test images (paired bootstrap)</h3>",
+            difference_table(diff.bootstrap, ["method", "run"]).to_html(na_rep="n/a"),
+        ]
+    lines = differences_in_words(diff) + [f"note: {note}" for note in diff.notes]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    return "\n".join(parts)
+
+
 def _run_section(index: int, run: RunData, out_dir: Path, ece: float | None) -> str:
     prefix = f"run{index}-"
     metrics = run.metrics
@@ -414,12 +434,14 @@ def write_report(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    differences: Differences | None = None,
 ) -> ReportResult:
     """Write `out_dir/index.html` and its PNGs for one run, or compare several side by side.
 
     `out_dir` defaults to `RUN_DIR/report` for one run and must be given for several. With
-    several runs the page starts with their metrics.json side by side and their validation
-    curves overlaid, then shows each run in full.
+    several runs the page starts with their metrics.json side by side (then `differences`, the
+    intervals `crckd compare` found) and their validation curves overlaid, then shows each run
+    in full.
     """
     if not run_dirs:
         raise ConfigError("report: no run folder given")
@@ -447,6 +469,8 @@ def write_report(
         "<h2>test metrics (metrics.json)</h2>",
         _summary_table(runs, eces),
     ]
+    if differences is not None:
+        body.append(_differences_section(differences))
     if len(runs) > 1:
         body.append(
             _figure_html(

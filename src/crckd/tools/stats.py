@@ -26,6 +26,7 @@ from scipy import stats
 from crckd.engine.metrics import SCALAR_METRICS
 
 CONFIDENCE = 0.95
+INTERVAL_FIELDS = ("n", "mean", "low", "high", "verdict")  # the columns of an interval in tables
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Interval:
     @property
     def verdict(self) -> str:
         return verdict(self.low, self.high)
+
+    def as_row(self) -> dict[str, object]:
+        """The `INTERVAL_FIELDS` of a table row."""
+        return {field: getattr(self, field) for field in INTERVAL_FIELDS}
 
 
 def verdict(low: float, high: float) -> str:
@@ -89,20 +94,8 @@ def paired_differences(
                 pd.to_numeric(own.loc[common, metric]) - pd.to_numeric(ref.loc[common, metric])
             ).to_numpy(float)
             interval = t_interval(diffs, confidence)
-            rows.append(_row(method, metric, interval))
-    return pd.DataFrame(rows, columns=["method", "metric", "n", "mean", "low", "high", "verdict"])
-
-
-def _row(method: str, metric: str, interval: Interval) -> dict[str, object]:
-    return {
-        "method": method,
-        "metric": metric,
-        "n": interval.n,
-        "mean": interval.mean,
-        "low": interval.low,
-        "high": interval.high,
-        "verdict": interval.verdict,
-    }
+            rows.append({"method": method, "metric": metric, **interval.as_row()})
+    return pd.DataFrame(rows, columns=["method", "metric", *INTERVAL_FIELDS])
 
 
 def bootstrap_difference(
