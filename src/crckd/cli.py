@@ -125,6 +125,28 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"report: {report.index}")
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from crckd.config import apply_overrides, config_source, read_yaml
+    from crckd.tools.tune import tune
+
+    result = tune(
+        apply_overrides(read_yaml(args.config), args.overrides),
+        read_yaml(args.space),
+        Path(args.out),
+        trials=args.trials,
+        metric=args.metric,
+        sampler=args.sampler,
+        seed=args.seed,
+        prune=not args.no_prune,
+        source=config_source(args.config, args.overrides),
+        space_source=args.space,
+    )
+    if result.best_trial is not None:
+        print(f"best: trial {result.best_trial}, val {result.metric} {result.best_value:.4f}")
+        print(f"best config: {result.out / 'best.yaml'} (train it with crckd train -c)")
+    print(f"trials: {result.out / 'trials.md'}, {result.out / 'trials.csv'}")
+
+
 def _cmd_methods(args: argparse.Namespace) -> None:
     from crckd.config import flat_settings
     from crckd.methods import available_methods, method_schedules
@@ -216,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", action="store_true", help="also write OUT/report/index.html")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "tune", help="search hyper-parameters on the validation split (Optuna; resumable)"
+    )
+    p.add_argument("-c", "--config", required=True, help="YAML config every trial starts from")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of that config")
+    p.add_argument("--space", required=True, help="YAML search space (docs/tune.md)")
+    p.add_argument("--trials", type=int, required=True, help="trials wanted in all (resumes)")
+    p.add_argument("--out", required=True, help="folder of study.db, trial runs and results")
+    p.add_argument("--metric", help="validation metric to maximise (default train.select_metric)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--seed", type=int, help="sampler seed (reproducible studies)")
+    p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser(
         "methods", help="list the registered methods, their papers and default settings"

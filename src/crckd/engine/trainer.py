@@ -66,9 +66,15 @@ LOG_SECONDS = 60.0
 TIMING_COLUMNS = ("train_seconds", "data_wait_seconds")
 
 
+# Called after each epoch's files are written, with the epoch (0-based) and its epochs.csv row;
+# whatever it raises ends the run there (`crckd tune` prunes trials this way).
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run produced: its folder and the test metrics of the selected model."""
+    """What a finished run produced: its folder and the test metrics of the selected model
+    (without a test evaluation: the validation metrics, `val_*`, of its selected epoch)."""
 
     run_dir: Path
     metrics: dict[str, Any]
@@ -86,10 +92,23 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / name
 
 
-def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    evaluate_test: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+) -> RunResult:
     """Train and evaluate one run as the config says; see `Trainer`."""
     try:
-        return Trainer(config, resume=resume, overwrite=overwrite).fit()
+        return Trainer(
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            evaluate_test=evaluate_test,
+            on_epoch_end=on_epoch_end,
+        ).fit()
     finally:
         shutdown_distributed()
 
@@ -98,12 +117,24 @@ class Trainer:
     """Builds data, model and method from a config, then trains, selects and tests.
 
     Everything that can be checked (config, data, split, model name, weights) is checked in the
-    constructor, before the run folder is touched.
+    constructor, before the run folder is touched. With `evaluate_test=False` (hyper-parameter
+    search) the test split is never loaded nor evaluated: no test metric is computed or written,
+    and the result holds the validation metrics of the selected epoch. `on_epoch_end` is called
+    after each epoch (see `EpochCallback`).
     """
 
-    def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        evaluate_test: bool = True,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> None:
         self.config = config
         self.resume = resume
+        self.evaluate_test, self.on_epoch_end = evaluate_test, on_epoch_end
         self.run = RunFolder(default_run_dir(config))
         train_cfg = config.train
         if train_cfg.select_metric not in SCALAR_METRICS:
@@ -224,6 +255,9 @@ class Trainer:
 
     def _make_eval_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
         transform = eval_transform(self.config.data.image_size, self.normalization)
+        splits = {"val": self.data.val}
+        if self.evaluate_test:
+            splits["test"] = self.data.test
         return {
             name: make_loader(
                 self.data.paths(positions),
@@ -235,7 +269,7 @@ class Trainer:
                 pin_memory=self.device.type == "cuda",
                 images=self._decoded(positions),
             )
-            for name, all_positions in (("val", self.data.val), ("test", self.data.test))
+            for name, all_positions in splits.items()
             for positions in [all_positions[self.dist.rank :: self.dist.world_size]]
         }
 
@@ -307,6 +341,8 @@ class Trainer:
                         self.run.commit_best()
                     self.run.write_epochs(state["history"])
                 self.dist.barrier()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(epoch, record)
         except KeyboardInterrupt:
             if self.dist.is_main and self.run.last_checkpoint.exists():
                 print(
@@ -404,7 +440,7 @@ class Trainer:
         record["train_seconds"] = time.perf_counter() - started
         record["data_wait_seconds"] = data_seconds
         record.update(self._evaluate_split("val", prefix="val_"))
-        if epoch >= cfg.epochs - cfg.report_last_k:
+        if self.evaluate_test and epoch >= cfg.epochs - cfg.report_last_k:
             record.update(self._evaluate_split("test", prefix="test_"))
         return record
 
@@ -489,7 +525,8 @@ class Trainer:
         done = state["epoch"]
         if self.resume and done > 0:
             notes.append(
-                f"{self.run.root} has run all {self.epochs} epochs: testing its best.pt again"
+                f"{self.run.root} has run all {self.epochs} epochs"
+                + (": testing its best.pt again" if self.evaluate_test else "")
                 if done >= self.epochs
                 else f"resuming {self.run.root} at epoch {done + 1}/{self.epochs}"
             )
@@ -523,6 +560,10 @@ class Trainer:
         }
 
     def _finish(self, state: dict[str, Any]) -> RunResult:
+        if not self.evaluate_test:
+            selected = state["history"][state["best_epoch"]]
+            metrics = {key: value for key, value in selected.items() if key.startswith("val_")}
+            return RunResult(self.run.root, {"selected_epoch": state["best_epoch"], **metrics})
         best = load_checkpoint(self.run.best_checkpoint)
         self.student.load_state_dict(best["student"])
         probs, labels = self._predict("test")
