@@ -76,3 +76,18 @@ def test_step_overhead_writes_json(tmp_path):
     forward = [f / e for f, e in zip(rounds["forward"], rounds["ce"], strict=True)]
     assert report["ratio_ce_plus_one_forward"] == pytest.approx(1 + sum(forward) / 2)
     assert set(report["median_step_seconds"]) == {"ce", "mt", "crckd"}
+
+
+def test_paired_intervals_reads_a_comparison_csv(tmp_path):
+    rows = [("ce", s, 0.60 + 0.01 * s) for s in range(3)]
+    rows += [("crckd", s, 0.70 + 0.01 * s) for s in range(3)]  # +0.10 at every seed
+    rows += [("mt", s, v) for s, v in enumerate([0.55, 0.66, 0.62])]  # -0.05, +0.05, 0.0
+    lines = ["method,seed,fold,balanced_accuracy,f1_macro,auc_macro,kappa"]
+    lines += [f"{m},{s},,{v},{v},{v},{v}" for m, s, v in rows]
+    csv = tmp_path / "comparison.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    command = [sys.executable, str(REPO / "bench" / "paired_intervals.py"), str(csv)]
+    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    by_method = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert "**+0.100 [+0.100, +0.100]** better" in by_method["crckd"]
+    assert "+0.000 [" in by_method["mt"] and "better" not in by_method["mt"]

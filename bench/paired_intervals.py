@@ -1,0 +1,44 @@
+"""Paired differences to a reference method, with 95 % t intervals over seeds, from the
+comparison.csv a `crckd compare` wrote (for comparisons whose run folders are gone).
+
+    python bench/paired_intervals.py bench/results/cpu_protocol/ham10000/comparison.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from crckd.tools.stats import paired_differences
+
+METRICS = ["balanced_accuracy", "f1_macro", "auc_macro", "kappa"]
+
+
+def interval_table(frame: pd.DataFrame, reference: str) -> str:
+    """One markdown row per method: mean difference [low, high] per metric, and the verdict."""
+    table = paired_differences(frame, reference, metrics=METRICS)
+    lines = [
+        f"| method - {reference} | runs | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    for method, rows in table.groupby("method", sort=False):
+        cells = []
+        for row in rows.itertuples():
+            text = f"{row.mean:+.3f} [{row.low:+.3f}, {row.high:+.3f}]"
+            cells.append(f"**{text}** {row.verdict}" if row.verdict != "within noise" else text)
+        lines.append(f"| {method} | {rows['n'].iloc[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comparison_csv", type=Path)
+    parser.add_argument("--reference", default="ce")
+    args = parser.parse_args()
+    print(interval_table(pd.read_csv(args.comparison_csv), args.reference), end="")
+
+
+if __name__ == "__main__":
+    main()
