@@ -85,10 +85,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from crckd.config import apply_overrides, read_yaml
-    from crckd.tools.compare import markdown_table, plan_runs, run_comparison, write_comparison
+    from crckd.engine.lock import RunLock
 
     raw = apply_overrides(read_yaml(args.config), args.overrides)
     out = Path(args.out)
+    with RunLock(out):  # one writer of OUT, its runs and its tables
+        _compare(args, raw, out)
+
+
+def _compare(args: argparse.Namespace, raw: dict, out: Path) -> None:
+    from crckd.tools.compare import markdown_table, plan_runs, run_comparison, write_comparison
+
     frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
     summary = write_comparison(frame, out)
     print(markdown_table(summary))

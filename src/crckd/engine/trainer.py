@@ -21,11 +21,10 @@ from crckd.config import Config, TeacherConfig, TrainConfig, config_to_dict
 from crckd.data import (
     eval_transform,
     normalize_images,
-    save_split,
     train_transform,
 )
 from crckd.data.cache import DecodedImages
-from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
+from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap, world_size
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
     class_weights,
@@ -39,11 +38,13 @@ from crckd.engine.distributed import (
     average_batchnorm_buffers,
     convert_sync_batchnorm,
     init_distributed,
+    peer_failure,
     shutdown_distributed,
     wrap_trainable,
 )
 from crckd.engine.finite import LossWatch
 from crckd.engine.inference import load_student, predict_probs
+from crckd.engine.lock import RunLock
 from crckd.engine.metrics import (
     SCALAR_METRICS,
     classification_metrics,
@@ -52,8 +53,8 @@ from crckd.engine.metrics import (
 )
 from crckd.engine.precision import resolve_precision
 from crckd.engine.resume import ResumeState, new_progress, settle_run
-from crckd.engine.run_folder import RunFolder, write_guard
-from crckd.errors import ConfigError, DataError, NumericalError
+from crckd.engine.run_folder import RunFolder
+from crckd.errors import ConfigError, DataError, DistributedError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
 from crckd.methods.frozen_teacher import FrozenTeacher, frozen_checkpoint
 from crckd.models import build_model, input_normalization
@@ -88,6 +89,16 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> R
     """Train and evaluate one run as the config says; see `Trainer`."""
     try:
         return Trainer(config, resume=resume, overwrite=overwrite).fit()
+    except Exception as exc:
+        if not peer_failure(exc):
+            raise
+        run = default_run_dir(config)
+        raise DistributedError(
+            f"another process of this job stopped or did not answer in time "
+            f"({str(exc).strip().splitlines()[0]}); {run / 'checkpoints' / 'last.pt'} holds the "
+            f"finished epochs, if any: continue it with the same {world_size()} processes "
+            f"(`torchrun ... -m crckd train --resume {run}`)"
+        ) from None
     finally:
         shutdown_distributed()
 
@@ -96,7 +107,8 @@ class Trainer:
     """Builds data, model and method from a config, then trains, selects and tests.
 
     Everything that can be checked (config, data, split, model name, weights) is checked in the
-    constructor, before the run folder is touched.
+    constructor, before the run folder is touched. The main process holds the run folder's
+    lock (`RunLock`: one writer per folder) from the end of the constructor until `fit` ends.
     """
 
     def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -110,6 +122,10 @@ class Trainer:
             )
         self.epochs, self.select_metric = train_cfg.epochs, train_cfg.select_metric
         self.dist, self.device = init_distributed(train_cfg.device)
+        self.lock = RunLock(self.run.root)
+        if self.dist.is_main:  # refuse a second writer, or a folder that holds a run, at once
+            self.lock.check()
+            self.run.check_use(resume=resume, overwrite=overwrite)
         # Progress bars and lines of work that only the main process does (cache, evaluation).
         self.show_progress = train_cfg.progress and self.dist.is_main
         _check_processes(train_cfg, self.dist.world_size, self.device)
@@ -182,7 +198,12 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
         )
         if self.dist.is_main:
-            self.run.prepare(resume=resume, overwrite=overwrite)
+            self.lock.acquire()
+            try:
+                self.run.prepare(resume=resume, overwrite=overwrite)
+            except BaseException:
+                self.lock.release()
+                raise
         self.dist.barrier()
 
     def _open_cache(self) -> DecodedImages:
@@ -251,7 +272,14 @@ class Trainer:
         return None if self.decoded is None else self.decoded.subset(positions)
 
     def fit(self) -> RunResult:
-        """Train all remaining epochs, then test the model selected on the validation split."""
+        """Train all remaining epochs, then test the model selected on the validation split;
+        the run folder's lock is released when it ends."""
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> RunResult:
         state = self._start_state()
         if self.dist.is_main:
             for note in self._notes(state):
@@ -318,8 +346,7 @@ class Trainer:
             if state is not None:
                 settle_run(self.run, state)
             else:
-                with write_guard(self.run.split):
-                    save_split(self.data.split, self.run.split)
+                self.run.write_split(self.data.split)
         return new_progress() if state is None else state
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
