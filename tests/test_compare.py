@@ -1,11 +1,18 @@
 """`crckd compare`: the grid of runs, skipping finished ones, and the tables it writes."""
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import FAST, make_colour_ham
 from crckd.cli import EXIT_USER_ERROR, main
+from crckd.engine import load_checkpoint
 from crckd.tools.compare import bar_chart, markdown_table, plan_runs, summarize
 
 
@@ -85,3 +92,52 @@ def test_one_run_shows_no_spread():
     frame = pd.DataFrame({"method": ["a", "b", "b"], "kappa": [0.5, 0.25, 0.75]})
     table = markdown_table(summarize(frame, metrics=["kappa"]), metrics=["kappa"])
     assert "| a | 1 | **0.500** |" in table and "**0.500 ± 0.354**" in table
+
+
+@pytest.mark.slow
+def test_a_comparison_killed_twice_and_run_again_ends_with_the_uninterrupted_table(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=8)
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(root)}}))
+    settings = [
+        "model.backbone=test_resnet",
+        "data.image_size=32",
+        "train.batch_size=8",
+        "train.epochs=3",
+        "train.deterministic=true",
+        "train.progress=false",
+    ]
+    command = [sys.executable, "-m", "crckd", "compare", "-c", str(config), *settings]
+    command += ["--methods", "ce", "--seeds", "0", "1"]
+
+    def start(out: Path) -> subprocess.Popen:
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        return subprocess.Popen([*command, "--out", str(out)], **pipes)
+
+    def kill_once(process: subprocess.Popen, trigger: Path) -> None:
+        while not trigger.exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = start(reference)
+    first, second = out / "ce" / "seed0", out / "ce" / "seed1"
+    kill_once(start(out), first / "config.yaml")  # run 1 started, most likely no last.pt yet
+    kill_once(start(out), second / "checkpoints" / "last.pt")  # run 2 one epoch in
+    history = load_checkpoint(second / "checkpoints" / "last.pt")["history"]
+    finished = start(out)
+    stdout, stderr = finished.communicate()
+    assert finished.returncode == 0, stderr
+    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
+
+    assert "[1/2] ce seed0: done, skipped" in stdout
+    assert f"resuming {second} at epoch {len(history) + 1}/3" in stderr
+    # The epochs trained before the kill were kept, timings included: no restart from epoch 0.
+    rows = pd.read_csv(second / "epochs.csv").to_dict("records")[: len(history)]
+    assert [row["train_seconds"] for row in rows] == [r["train_seconds"] for r in history]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "comparison.csv"), pd.read_csv(reference / "comparison.csv")
+    )
+    assert (out / "comparison.md").read_text() == (reference / "comparison.md").read_text()
