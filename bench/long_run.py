@@ -100,6 +100,13 @@ def growth_per_100_epochs(samples: list[dict[str, Any]], key: str, warmup: int) 
     return float(slope * 100)
 
 
+def report_json(report: dict[str, Any]) -> str:
+    """The report as indented JSON with one line per epoch."""
+    rows = ",\n    ".join(json.dumps(row) for row in report["per_epoch"])
+    text = json.dumps({**report, "per_epoch": "ROWS"}, indent=2)
+    return text.replace('"ROWS"', f"[\n    {rows}\n  ]") + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=200)
@@ -153,7 +160,7 @@ def main() -> None:
         "per_epoch": samples,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(report_json(report))
     growth = report["growth_per_100_epochs"]
     print(
         f"{args.epochs} epochs in {report['seconds']:.0f}s; per 100 epochs: resident memory "
