@@ -91,3 +91,19 @@ def test_paired_intervals_reads_a_comparison_csv(tmp_path):
     by_method = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
     assert "**+0.100 [+0.100, +0.100]** better" in by_method["crckd"]
     assert "+0.000 [" in by_method["mt"] and "better" not in by_method["mt"]
+
+
+def test_long_run_records_memory_files_and_folder_size_per_epoch(tmp_path):
+    out = tmp_path / "long_run.json"
+    command = [sys.executable, str(REPO / "bench" / "long_run.py"), "--epochs", "3"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, text=True)
+    report = json.loads(out.read_text())
+    rows = report["per_epoch"]
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert all(row["rss_bytes"] > 2**20 and row["open_files"] > 2 for row in rows)
+    # Each epoch adds an epochs.csv row and TensorBoard points; the checkpoints are replaced.
+    assert rows[0]["epochs_csv_bytes"] < rows[1]["epochs_csv_bytes"] < rows[2]["epochs_csv_bytes"]
+    assert rows[0]["tensorboard_bytes"] < rows[2]["tensorboard_bytes"]
+    assert rows[2]["folder_bytes"] >= rows[2]["checkpoints_bytes"] + rows[2]["tensorboard_bytes"]
+    slope = (rows[2]["epochs_csv_bytes"] - rows[0]["epochs_csv_bytes"]) / 2 * 100
+    assert report["growth_per_100_epochs"]["epochs_csv_bytes"] == pytest.approx(slope)

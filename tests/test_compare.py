@@ -2,6 +2,11 @@
 intervals of the differences to the reference method."""
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +15,7 @@ import yaml
 
 from conftest import FAST, fake_run, make_colour_ham, model_probs
 from crckd.cli import EXIT_USER_ERROR, main
+from crckd.engine import load_checkpoint
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.run_folder import RunFolder
 from crckd.errors import ConfigError, RunFolderError
@@ -225,3 +231,52 @@ def test_reference_must_be_compared_unless_there_is_one_method(tmp_path):
     assert write_comparison(frame, tmp_path, "ce").differences is None
     assert "One method only: no differences" in (tmp_path / "comparison.md").read_text()
     assert not (tmp_path / "differences.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_comparison_killed_twice_and_run_again_ends_with_the_uninterrupted_table(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=8)
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(root)}}))
+    settings = [
+        "model.backbone=test_resnet",
+        "data.image_size=32",
+        "train.batch_size=8",
+        "train.epochs=3",
+        "train.deterministic=true",
+        "train.progress=false",
+    ]
+    command = [sys.executable, "-m", "crckd", "compare", "-c", str(config), *settings]
+    command += ["--methods", "ce", "--seeds", "0", "1"]
+
+    def start(out: Path) -> subprocess.Popen:
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        return subprocess.Popen([*command, "--out", str(out)], **pipes)
+
+    def kill_once(process: subprocess.Popen, trigger: Path) -> None:
+        while not trigger.exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = start(reference)
+    first, second = out / "ce" / "seed0", out / "ce" / "seed1"
+    kill_once(start(out), first / "config.yaml")  # run 1 started, most likely no last.pt yet
+    kill_once(start(out), second / "checkpoints" / "last.pt")  # run 2 one epoch in
+    history = load_checkpoint(second / "checkpoints" / "last.pt")["history"]
+    finished = start(out)
+    stdout, stderr = finished.communicate()
+    assert finished.returncode == 0, stderr
+    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
+
+    assert "[1/2] ce seed0: done, skipped" in stdout
+    assert f"resuming {second} at epoch {len(history) + 1}/3" in stderr
+    # The epochs trained before the kill were kept, timings included: no restart from epoch 0.
+    rows = pd.read_csv(second / "epochs.csv").to_dict("records")[: len(history)]
+    assert [row["train_seconds"] for row in rows] == [r["train_seconds"] for r in history]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "comparison.csv"), pd.read_csv(reference / "comparison.csv")
+    )
+    assert (out / "comparison.md").read_text() == (reference / "comparison.md").read_text()

@@ -1,9 +1,12 @@
 """DDP with the gloo backend on the CPU: two processes against one on the same global batch."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +15,20 @@ import torch
 import torch.distributed as dist
 
 from conftest import make_colour_ham
+from crckd.cli import EXIT_USER_ERROR
 from crckd.data import eval_transform
 from crckd.data.datasets import ImageDataset
-from crckd.engine.distributed import convert_sync_batchnorm, wrap_trainable
+from crckd.engine import load_checkpoint
+from crckd.engine.distributed import (
+    DEFAULT_DIST_TIMEOUT,
+    DIST_TIMEOUT_ENV,
+    collective_timeout,
+    convert_sync_batchnorm,
+    wrap_trainable,
+)
 from crckd.engine.inference import run_model
+from crckd.engine.trainer import TIMING_COLUMNS
+from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
 
@@ -43,20 +56,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The environment torchrun gives rank `rank` of a one-machine job."""
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
 def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
     """Run the worker as `world_size` ranks (as torchrun would) and load each rank's dump."""
     port = free_port()
     procs = []
     for rank in range(world_size):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
+        env = rank_env(rank, world_size, port)
         dump = out / f"rank{rank}.pt"
         command = [sys.executable, str(WORKER), str(dump), *overrides]
         procs.append((subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True), dump))
@@ -110,6 +128,98 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
     assert not (ddp_dir / "run" / "rank1").exists()
     # Dropout masks differ between ranks, as between a process's images.
     assert not torch.equal(rank0["global_draw"], rank1["global_draw"])
+
+
+def test_collectives_wait_as_long_as_the_environment_says(monkeypatch):
+    monkeypatch.delenv(DIST_TIMEOUT_ENV, raising=False)
+    assert collective_timeout() == timedelta(seconds=DEFAULT_DIST_TIMEOUT) == timedelta(minutes=10)
+    monkeypatch.setenv(DIST_TIMEOUT_ENV, "45.5")
+    assert collective_timeout() == timedelta(seconds=45.5)
+    for bad in ("0", "-3", "soon", "inf", "nan"):
+        monkeypatch.setenv(DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{DIST_TIMEOUT_ENV}='{bad}'"):
+            collective_timeout()
+
+
+TIMEOUT = 20  # seconds, CRCKD_DIST_TIMEOUT of the test's jobs
+
+
+def train_ranks(*args: str) -> list[subprocess.Popen]:
+    """`crckd train ARGS` as the 2 ranks of a job (as torchrun starts them) on the CPU."""
+    port = free_port()
+    command = [sys.executable, "-m", "crckd", "train", *args]
+    pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    return [
+        subprocess.Popen(
+            command, env={**rank_env(r, 2, port), DIST_TIMEOUT_ENV: str(TIMEOUT)}, **pipes
+        )
+        for r in range(2)
+    ]
+
+
+def finish(ranks: list[subprocess.Popen]) -> None:
+    for rank in ranks:
+        assert rank.wait(timeout=600) == 0, rank.stderr.read()[-3000:]
+
+
+def stop_one_rank(ranks: list[subprocess.Popen], run: Path, epochs: int, how: signal.Signals):
+    """Once the run has logged `epochs` epochs, send `how` to rank 1; return rank 0's exit
+    code, stderr and the seconds it took to exit after the signal."""
+    log = run / "epochs.csv"
+    while not (log.exists() and len(pd.read_csv(log)) >= epochs):
+        assert ranks[0].poll() is None, ranks[0].stderr.read()[-3000:]
+        time.sleep(0.01)
+    ranks[1].send_signal(how)
+    sent = time.monotonic()
+    code = ranks[0].wait(timeout=TIMEOUT + 120)
+    seconds = time.monotonic() - sent
+    ranks[1].kill()  # a stopped rank, or one already dead
+    ranks[1].wait()
+    return code, ranks[0].stderr.read(), seconds
+
+
+@pytest.mark.slow
+def test_a_killed_or_hung_rank_stops_the_other_in_bounded_time_and_resume_matches(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=8)
+    common = [
+        f"data.root={root}",
+        "model.backbone=test_resnet",
+        "data.image_size=32",
+        "train.batch_size=8",
+        "train.epochs=3",
+        "train.device=cpu",
+        "train.deterministic=true",
+        "train.progress=false",
+    ]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    uninterrupted = train_ranks(*common, f"output_dir={reference}")
+
+    # SIGKILL rank 1 one epoch in: rank 0 sees its connection drop and stops, cleanly.
+    code, err, seconds = stop_one_rank(
+        train_ranks(*common, f"output_dir={run}"), run, 1, signal.SIGKILL
+    )
+    assert code == EXIT_USER_ERROR and "Traceback" not in err, err[-3000:]
+    assert "another process of this job stopped or did not answer in time" in err
+    assert "continue it with the same 2 processes" in err
+    assert seconds < TIMEOUT
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 0  # intact
+
+    # SIGSTOP rank 1 (a hung process): rank 0 gives up after CRCKD_DIST_TIMEOUT seconds.
+    code, err, seconds = stop_one_rank(train_ranks("--resume", str(run)), run, 2, signal.SIGSTOP)
+    assert code == EXIT_USER_ERROR and "Traceback" not in err, err[-3000:]
+    assert "another process of this job stopped" in err
+    assert seconds < TIMEOUT + 60
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 1
+
+    finish(train_ranks("--resume", str(run)))
+    finish(uninterrupted)
+    assert (run / "metrics.json").read_text() == (reference / "metrics.json").read_text()
+    for name in ("last.pt", "best.pt"):
+        expected = load_checkpoint(reference / "checkpoints" / name)["student"]
+        for key, value in load_checkpoint(run / "checkpoints" / name)["student"].items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    logs = [pd.read_csv(folder / "epochs.csv") for folder in (run, reference)]
+    pd.testing.assert_frame_equal(*(log.drop(columns=list(TIMING_COLUMNS)) for log in logs))
 
 
 def test_sync_batchnorm_converts_the_trained_modules_only_and_keeps_their_tensors():

@@ -85,8 +85,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from crckd.config import apply_overrides, read_yaml
+    from crckd.engine.lock import RunLock
+    from crckd.tools.compare import check_reference
+
+    reference = check_reference(args.methods, args.reference)  # before hours of training
+    raw = apply_overrides(read_yaml(args.config), args.overrides)
+    out = Path(args.out)
+    with RunLock(out):  # one writer of OUT, its runs and its tables
+        _compare(args, raw, out, reference)
+
+
+def _compare(args: argparse.Namespace, raw: dict, out: Path, reference: str) -> None:
     from crckd.tools.compare import (
-        check_reference,
         differences_in_words,
         markdown_table,
         plan_runs,
@@ -94,9 +104,6 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         write_comparison,
     )
 
-    reference = check_reference(args.methods, args.reference)  # before hours of training
-    raw = apply_overrides(read_yaml(args.config), args.overrides)
-    out = Path(args.out)
     frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
     comparison = write_comparison(frame, out, args.reference)
     print(markdown_table(comparison.summary))

@@ -26,3 +26,7 @@ class RunFolderError(CrckdError):
 
 class NumericalError(CrckdError):
     """A loss term became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DistributedError(CrckdError):
+    """Another process of a distributed job stopped, or stopped answering within the timeout."""

@@ -24,6 +24,7 @@ from crckd.data.splits import (
     load_split,
     make_split,
     save_split,
+    split_csv,
     split_indices,
 )
 from crckd.data.transforms import (
@@ -64,6 +65,7 @@ __all__ = [
     "rotate_flip_batch",
     "sample_root",
     "save_split",
+    "split_csv",
     "split_indices",
     "train_transform",
 ]

@@ -75,11 +75,16 @@ def check_no_group_leak(table: ImageTable, split: pd.Series) -> None:
         )
 
 
+def split_csv(split: pd.Series) -> str:
+    """A split as CSV text with the columns image_id,split."""
+    return split.rename("split").rename_axis("image_id").to_csv(header=True)
+
+
 def save_split(split: pd.Series, path: str | Path) -> None:
     """Write a split as a CSV with the columns image_id,split."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    split.rename("split").rename_axis("image_id").to_csv(path, header=True)
+    path.write_text(split_csv(split))
 
 
 def load_split(path: str | Path, table: ImageTable) -> pd.Series:

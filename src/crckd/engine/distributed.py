@@ -3,12 +3,17 @@
 Launch with `torchrun --nproc_per_node=N -m crckd train ...`. Only the method's trainable
 modules (the student and its heads) are wrapped in DistributedDataParallel; the teacher never
 is, and memory banks stay plain buffers that every rank updates with the gathered batch.
+
+A collective waits at most `CRCKD_DIST_TIMEOUT` seconds for the other processes (default
+DEFAULT_DIST_TIMEOUT): a process whose peer died or hangs then stops (`DistributedError`,
+exit code 2) instead of waiting for PyTorch's default of 30 minutes (gloo) or 10 (NCCL).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,6 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from crckd.dist import all_reduce_mean, unwrap
 from crckd.engine.inference import resolve_device
 from crckd.errors import ConfigError
+
+DIST_TIMEOUT_ENV = "CRCKD_DIST_TIMEOUT"
+# Long enough for the longest wait of a healthy job: the other ranks wait while rank 0 alone
+# builds the decoded-image cache (data.cache) of a large dataset the first time.
+DEFAULT_DIST_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,32 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=collective_timeout())
     return Distributed(rank, world_size, local_rank), device
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for the other processes: `CRCKD_DIST_TIMEOUT` seconds."""
+    text = os.environ.get(DIST_TIMEOUT_ENV, str(DEFAULT_DIST_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{DIST_TIMEOUT_ENV}={text!r} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """Whether `exc`, raised in a distributed job, says that another process of the job
+    stopped or did not answer in time (gloo raises a plain RuntimeError from its transport;
+    NCCL and the store raise torch.distributed.DistError)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
+    )
 
 
 def shutdown_distributed() -> None:

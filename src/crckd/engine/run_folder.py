@@ -22,6 +22,7 @@ from typing import IO, Any
 import pandas as pd
 import yaml
 
+from crckd.data import split_csv
 from crckd.errors import RunFolderError
 
 
@@ -84,10 +85,9 @@ class RunFolder:
     def holds_run(self) -> bool:
         return self.config.exists()
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder and check that it can be written; refuse to mix a new run into an
-        old one unless asked to. `overwrite` deletes the old run's files (only those); `resume`
-        deletes temporary files left by a killed write."""
+    def check_use(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix a new run into an old one unless asked to, or to resume no run (reads
+        only: `prepare` checks again under the folder's lock)."""
         if self.holds_run() and not (resume or overwrite):
             raise RunFolderError(
                 f"{self.root} already holds a run: pass --resume to continue it, --overwrite to "
@@ -95,6 +95,12 @@ class RunFolder:
             )
         if resume and not self.holds_run():
             raise RunFolderError(f"nothing to resume: {self.root} holds no run (no config.yaml)")
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the folder and check that it can be written, after `check_use`. `overwrite`
+        deletes the old run's files (only those); `resume` deletes temporary files left by a
+        killed write."""
+        self.check_use(resume=resume, overwrite=overwrite)
         with write_guard(self.root, replacing=False):
             if overwrite and not resume:
                 self._delete(self._run_files())
@@ -129,6 +135,9 @@ class RunFolder:
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def write_split(self, split: pd.Series) -> None:
+        atomic_write_text(self.split, split_csv(split))
 
     def write_data_check(self, report: dict[str, Any]) -> None:
         atomic_write_text(self.data_check, json.dumps(report, indent=2) + "\n")

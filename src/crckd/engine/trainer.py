@@ -21,12 +21,11 @@ from crckd.config import Config, TeacherConfig, TrainConfig, config_to_dict
 from crckd.data import (
     eval_transform,
     normalize_images,
-    save_split,
     train_transform,
 )
 from crckd.data.cache import DecodedImages
 from crckd.data.samplers import GlobalBatchSampler
-from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap
+from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap, world_size
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
     class_weights,
@@ -40,11 +39,13 @@ from crckd.engine.distributed import (
     average_batchnorm_buffers,
     convert_sync_batchnorm,
     init_distributed,
+    peer_failure,
     shutdown_distributed,
     wrap_trainable,
 )
 from crckd.engine.finite import LossWatch
 from crckd.engine.inference import load_student, predict_probs
+from crckd.engine.lock import RunLock
 from crckd.engine.metrics import (
     SCALAR_METRICS,
     classification_metrics,
@@ -54,8 +55,8 @@ from crckd.engine.metrics import (
 )
 from crckd.engine.precision import resolve_precision
 from crckd.engine.resume import ResumeState, new_progress, settle_run
-from crckd.engine.run_folder import RunFolder, write_guard
-from crckd.errors import ConfigError, DataError, NumericalError
+from crckd.engine.run_folder import RunFolder
+from crckd.errors import ConfigError, DataError, DistributedError, NumericalError
 from crckd.methods import Method, MethodContext, get_method
 from crckd.methods.frozen_teacher import FrozenTeacher, frozen_checkpoint
 from crckd.models import build_model, input_normalization
@@ -109,6 +110,16 @@ def train(
             evaluate_test=evaluate_test,
             on_epoch_end=on_epoch_end,
         ).fit()
+    except Exception as exc:
+        if not peer_failure(exc):
+            raise
+        run = default_run_dir(config)
+        raise DistributedError(
+            f"another process of this job stopped or did not answer in time "
+            f"({str(exc).strip().splitlines()[0]}); {run / 'checkpoints' / 'last.pt'} holds the "
+            f"finished epochs, if any: continue it with the same {world_size()} processes "
+            f"(`torchrun ... -m crckd train --resume {run}`)"
+        ) from None
     finally:
         shutdown_distributed()
 
@@ -117,10 +128,12 @@ class Trainer:
     """Builds data, model and method from a config, then trains, selects and tests.
 
     Everything that can be checked (config, data, split, model name, weights) is checked in the
-    constructor, before the run folder is touched. With `evaluate_test=False` (hyper-parameter
-    search) the test split is never loaded nor evaluated: no test metric is computed or written,
-    and the result holds the validation metrics of the selected epoch. `on_epoch_end` is called
-    after each epoch (see `EpochCallback`).
+    constructor, before the run folder is touched. The main process holds the run folder's
+    lock (`RunLock`: one writer per folder) from the end of the constructor until `fit` ends.
+    With `evaluate_test=False` (hyper-parameter search) the test split is never loaded nor
+    evaluated: no test metric is computed or written, and the result holds the validation
+    metrics of the selected epoch. `on_epoch_end` is called after each epoch (see
+    `EpochCallback`).
     """
 
     def __init__(
@@ -143,6 +156,10 @@ class Trainer:
             )
         self.epochs, self.select_metric = train_cfg.epochs, train_cfg.select_metric
         self.dist, self.device = init_distributed(train_cfg.device)
+        self.lock = RunLock(self.run.root)
+        if self.dist.is_main:  # refuse a second writer, or a folder that holds a run, at once
+            self.lock.check()
+            self.run.check_use(resume=resume, overwrite=overwrite)
         # Progress bars and lines of work that only the main process does (cache, evaluation).
         self.show_progress = train_cfg.progress and self.dist.is_main
         _check_processes(train_cfg, self.dist.world_size, self.device)
@@ -225,7 +242,12 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
         )
         if self.dist.is_main:
-            self.run.prepare(resume=resume, overwrite=overwrite)
+            self.lock.acquire()
+            try:
+                self.run.prepare(resume=resume, overwrite=overwrite)
+            except BaseException:
+                self.lock.release()
+                raise
         self.dist.barrier()
 
     def _open_cache(self) -> DecodedImages:
@@ -297,7 +319,14 @@ class Trainer:
         return None if self.decoded is None else self.decoded.subset(positions)
 
     def fit(self) -> RunResult:
-        """Train all remaining epochs, then test the model selected on the validation split."""
+        """Train all remaining epochs, then test the model selected on the validation split;
+        the run folder's lock is released when it ends."""
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> RunResult:
         state = self._start_state()
         if self.dist.is_main:
             for note in self._notes(state):
@@ -366,8 +395,7 @@ class Trainer:
             if state is not None:
                 settle_run(self.run, state)
             else:
-                with write_guard(self.run.split):
-                    save_split(self.data.split, self.run.split)
+                self.run.write_split(self.data.split)
         return new_progress() if state is None else state
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:

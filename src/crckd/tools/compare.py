@@ -1,8 +1,9 @@
 """`crckd compare`: methods x seeds (x folds) from one config, and the table a paper needs.
 
 Each run gets its own folder `OUT/<method>/seed<s>[-fold<k>]`. A run whose `metrics.json`
-exists is skipped, one with only `checkpoints/last.pt` is resumed, so an interrupted comparison
-is continued by running the same command again.
+exists is skipped, one that started (its `config.yaml` exists) is resumed from its last
+checkpoint, so a comparison killed at any moment is continued by running the same command
+again. The comparison holds the lock of OUT (`RunLock`) and each run the lock of its folder.
 
 Besides the means, every method is compared with a reference method (`ce` by default) by 95 %
 intervals of the difference (`crckd.tools.stats`): over the runs paired by seed and fold, and
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 
 from crckd.config import config_to_dict, deep_merge, read_yaml
 from crckd.data.datasets import LAYOUTS
+from crckd.engine.lock import RunLock
 from crckd.engine.metrics import PROB_PREFIX, SCALAR_METRICS, resolve_kappa_weights
 from crckd.engine.resume import training_changes
 from crckd.engine.run_folder import RunFolder, atomic_write_text
@@ -71,24 +73,27 @@ def run_comparison(
     *,
     folds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Train every planned run not yet finished, then write and return the per-run table."""
+    """Train every planned run not yet finished (resuming any that started), holding the lock
+    of `out_dir`, then write and return the per-run table."""
     plan = plan_runs(methods, seeds, folds)
     configs = [build_config(_run_raw(base, run, out_dir), source=run.name) for run in plan]
-    for index, (run, config) in enumerate(zip(plan, configs, strict=True), start=1):
-        folder = RunFolder(Path(config.output_dir))
-        if folder.config.exists():  # an earlier comparison's run: only if made the same way
-            changes = training_changes(read_yaml(folder.config), config_to_dict(config))
-            if changes:
-                raise ConfigError(
-                    f"{folder.root} holds a run with other settings ({changes}): choose another "
-                    "--out, or delete that folder to train it again"
-                )
-        if folder.metrics.exists():
-            print(f"[{index}/{len(plan)}] {run.method} {run.name}: done, skipped")
-            continue
-        print(f"[{index}/{len(plan)}] {run.method} {run.name}")
-        train(config, resume=folder.last_checkpoint.exists())
-    return collect(out_dir, plan)
+    with RunLock(out_dir):
+        for index, (run, config) in enumerate(zip(plan, configs, strict=True), start=1):
+            folder = RunFolder(Path(config.output_dir))
+            if folder.holds_run():  # an earlier comparison's run: only if made the same way
+                changes = training_changes(read_yaml(folder.config), config_to_dict(config))
+                if changes:
+                    raise ConfigError(
+                        f"{folder.root} holds a run with other settings ({changes}): choose "
+                        "another --out, or delete that folder to train it again"
+                    )
+            if folder.metrics.exists():
+                print(f"[{index}/{len(plan)}] {run.method} {run.name}: done, skipped")
+                continue
+            print(f"[{index}/{len(plan)}] {run.method} {run.name}")
+            # A started run resumes from its last.pt, or from epoch 1 if it saved none.
+            train(config, resume=folder.holds_run())
+        return collect(out_dir, plan)
 
 
 def _run_raw(base: dict[str, Any], run: PlannedRun, out_dir: Path) -> dict[str, Any]:

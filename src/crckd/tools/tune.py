@@ -41,6 +41,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from crckd.config import config_to_dict, deep_merge
+from crckd.engine.lock import RunLock
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.resume import training_changes
 from crckd.engine.run_folder import RunFolder, atomic_file, atomic_write_text
@@ -184,30 +185,54 @@ def tune(
         "space": json.loads(json.dumps(dict(space))),
         "metric": metric,
     }
-    # One process per study: trials found RUNNING are taken as left by a killed process. (The
-    # run-folder lock is the seam to enforce it: hold it on `out` around what follows.)
+    # One process per study (the lock of `out`), so trials found RUNNING were left by a killed
+    # process; each trial's run also takes the lock of its own folder.
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        pruner = pruner if pruner is not None else _default_pruner(prune)
-        study = _open_study(out, settings, sampler, seed, pruner)
-        _requeue_stopped(study)
-        run = _Study(study, out, base, distributions, metric, trials, sampler, seed)
-        remaining = trials - run.finished()
-        if remaining > 0:
-            try:
-                study.optimize(
-                    run.objective,
-                    n_trials=remaining,
-                    catch=(NumericalError,),
-                    callbacks=[run.after_trial],
-                )
-            except KeyboardInterrupt:
-                print("crckd: the same crckd tune command continues the study", file=sys.stderr)
-                raise
-        return run.write_reports()
+        with RunLock(out):
+            return _optimize(
+                out,
+                settings,
+                base,
+                distributions,
+                metric,
+                trials,
+                sampler,
+                seed,
+                pruner if pruner is not None else _default_pruner(prune),
+            )
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def _optimize(
+    out: Path,
+    settings: dict[str, Any],
+    base: dict[str, Any],
+    distributions: dict[str, Any],
+    metric: str,
+    trials: int,
+    sampler: str,
+    seed: int | None,
+    pruner: optuna.pruners.BasePruner,
+) -> TuneResult:
+    study = _open_study(out, settings, sampler, seed, pruner)
+    _requeue_stopped(study)
+    run = _Study(study, out, base, distributions, metric, trials, sampler, seed)
+    remaining = trials - run.finished()
+    if remaining > 0:
+        try:
+            study.optimize(
+                run.objective,
+                n_trials=remaining,
+                catch=(NumericalError,),
+                callbacks=[run.after_trial],
+            )
+        except KeyboardInterrupt:
+            print("crckd: the same crckd tune command continues the study", file=sys.stderr)
+            raise
+    return run.write_reports()
 
 
 def _default_pruner(prune: bool) -> optuna.pruners.BasePruner:
