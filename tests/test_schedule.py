@@ -1,5 +1,6 @@
 """The schedule relative to the run: resolution, conflicts, what methods and runs use."""
 
+import copy
 import dataclasses
 import math
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from conftest import FAST, make_colour_ham
-from crckd.config import SCHEDULE_ALTERNATIVES
+from crckd.config import SCHEDULE_ALTERNATIVES, config_to_dict
 from crckd.engine import Trainer
+from crckd.engine.resume import training_changes
 from crckd.errors import ConfigError
 from crckd.losses import sigmoid_rampup
 from crckd.methods import MethodContext, get_method, load_config, method_schedules
@@ -198,3 +200,32 @@ def test_a_relative_run_logs_its_decay_and_starts_its_terms_as_resolved(tmp_path
     err = capsys.readouterr().err
     assert f"crckd: schedule (relative, 2 epochs of {trainer.steps_per_epoch} steps): " in err
     assert "method.consistency.begin_epoch=1 method.consistency.rampup_epochs=0.75" in err
+
+
+def test_a_config_saved_before_the_relative_schedule_is_the_same_run():
+    """Runs made before the schedule keys defaulted to none hold the paper's values written
+    out: resume, compare and tune must not take them for other settings (but a real change
+    and the relative mode still count)."""
+    now = config_to_dict(load_config(overrides=["method.name=dkd"]))
+    saved = copy.deepcopy(now)
+    del saved["method"]["schedule"]
+    for section, key, value in [
+        ("ema", "decay", 0.99),
+        ("consistency", "begin_epoch", 20),
+        ("consistency", "rampup_epochs", 30.0),
+        ("ccd", "begin_epoch", 0),
+        ("crp", "begin_epoch", 20),
+        ("distill", "begin_epoch", 0),
+        ("distill", "warmup_epochs", 20),  # dkd's own warm-up
+    ]:
+        saved["method"][section][key] = value
+        fraction = key.replace("epochs", "fraction").replace("epoch", "fraction")
+        saved["method"][section].pop(fraction, None)  # fraction keys did not exist then
+    assert training_changes(saved, now) == ""
+    changed = copy.deepcopy(saved)
+    changed["method"]["distill"]["warmup_epochs"] = 10
+    assert training_changes(changed, now) == "method.distill.warmup_epochs: 10 -> 20.0"
+    relative = config_to_dict(
+        load_config(overrides=["method.name=dkd", "method.schedule=relative"])
+    )
+    assert "method.ema.decay: 0.99 -> None" in training_changes(saved, relative)

@@ -19,6 +19,8 @@ from crckd.engine.checkpoint import load_checkpoint
 from crckd.engine.distributed import plain_state_dict
 from crckd.engine.run_folder import RunFolder
 from crckd.errors import CheckpointError, ConfigError
+from crckd.methods import get_method
+from crckd.methods.schedule import explicit_schedule
 
 # Settings a resumed run may change: where the data and run are, and how this machine runs it.
 # Any other change (epochs, learning rate, method, model...) would make the checkpoint's
@@ -45,6 +47,15 @@ RESUMABLE_SETTINGS = frozenset(
 _PROGRESS_KEYS = ("epoch", "step", "best_score", "best_epoch")
 
 
+def _explicit(config: dict[str, Any]) -> dict[str, Any]:
+    name = (config.get("method") or {}).get("name", "ce")
+    try:
+        paper = get_method(name).cls.paper_schedule
+    except ConfigError:  # an unknown method: nothing to fill in
+        return config
+    return explicit_schedule(config, paper)
+
+
 def new_progress() -> dict[str, Any]:
     """The progress of a run that has trained no epoch yet."""
     return {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
@@ -52,8 +63,9 @@ def new_progress() -> dict[str, Any]:
 
 def training_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
     """The training settings (all but RESUMABLE_SETTINGS) that differ between two configs, as
-    "key: old -> new; ..." ('' when none): what a run's checkpoints do not fit."""
-    before, after = flat_settings(saved), flat_settings(now)
+    "key: old -> new; ..." ('' when none): what a run's checkpoints do not fit. Schedule values
+    left unset and the paper's values written out are the same setting."""
+    before, after = (flat_settings(_explicit(config)) for config in (saved, now))
     changed = sorted(
         key
         for key in before.keys() & after.keys()  # a setting added by a newer crckd is new

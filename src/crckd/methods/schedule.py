@@ -10,8 +10,10 @@ concrete values of one run (docs/crckd.md, "Schedule relative to the run").
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from crckd.config import MethodConfig
 from crckd.errors import ConfigError
@@ -161,3 +163,22 @@ def describe_relative(schedule: Schedule, used: tuple[str, ...]) -> str:
             section, _, key = _EPOCH_KEYS[field]
             parts.append(f"method.{section}.{key}={getattr(schedule, field) / PAPER_EPOCHS:g}")
     return " ".join(parts)
+
+
+def explicit_schedule(config: dict[str, Any], paper: Schedule = PAPER_SCHEDULE) -> dict[str, Any]:
+    """A config (as a dict) with the schedule values `method.schedule=epochs` leaves unset
+    written out as the paper's, as configs saved before the relative schedule existed hold
+    them: the two forms describe the same run, so comparing configs must not tell them apart."""
+    method = config.get("method") or {}
+    if method.get("schedule", "epochs") != "epochs":
+        return config
+    filled = copy.deepcopy(config)
+    sections = filled.setdefault("method", {})
+    for field, (section, epoch_key, fraction_key) in _EPOCH_KEYS.items():
+        settings = sections.setdefault(section, {})
+        if settings.get(epoch_key) is None and settings.get(fraction_key) is None:
+            settings[epoch_key] = getattr(paper, field)
+    ema = sections.setdefault("ema", {})
+    if all(ema.get(key) is None for key in ("decay", "half_life_steps", "half_life_fraction")):
+        ema["decay"] = paper.ema_decay
+    return filled
