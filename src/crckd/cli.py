@@ -1,4 +1,5 @@
-"""Command-line interface: a thin layer over the library (`crckd.engine`, `crckd.demo`).
+"""Command-line interface: a thin layer over the library (`crckd.engine`, `crckd.tools`,
+`crckd.demo`).
 
 User errors (config, data, checkpoints, run folders) print one message and exit with code 2,
 before any training starts.
@@ -105,7 +106,7 @@ def _compare(args: argparse.Namespace, raw: dict, out: Path, reference: str) -> 
     )
 
     frame = run_comparison(raw, args.methods, args.seeds, out, folds=args.folds)
-    comparison = write_comparison(frame, out, args.reference)
+    comparison = write_comparison(frame, out, reference)
     print(markdown_table(comparison.summary))
     written = ["comparison.md", "comparison.csv", "comparison.png"]
     diff = comparison.differences

@@ -243,12 +243,14 @@ class Trainer:
         )
         if self.dist.is_main:
             self.lock.acquire()
-            try:
+        try:
+            if self.dist.is_main:
                 self.run.prepare(resume=resume, overwrite=overwrite)
-            except BaseException:
+            self.dist.barrier()
+        except BaseException:
+            if self.dist.is_main:
                 self.lock.release()
-                raise
-        self.dist.barrier()
+            raise
 
     def _open_cache(self) -> DecodedImages:
         """The decoded cache, built by the main process while the others wait."""
@@ -657,7 +659,8 @@ def _terms_never_on(loss_weights: Callable[[int], dict[str, float]], epochs: int
         if first is not None:
             notes.append(
                 f"note: the {name} term starts at epoch {first + 1}, after this run's {epochs} "
-                "epochs, so it never trains: lower its begin_epoch or train longer"
+                "epochs, so it never trains: lower its begin_epoch (or begin_fraction), train "
+                "longer, or scale the schedule to the run with method.schedule=relative"
             )
     return notes
 

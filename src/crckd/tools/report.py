@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
@@ -177,7 +178,7 @@ def _columns(epochs: pd.DataFrame, prefix: str, skip: Sequence[str] = ()) -> lis
     ]
 
 
-def _epoch_axis(ax, epochs: int) -> None:
+def _epoch_axis(ax: Axes, epochs: int) -> None:
     """Epochs 1..`epochs` on the x axis, integer ticks only (one epoch gets one tick)."""
     ax.set(xlabel="epoch", xlim=(0.5, epochs + 0.5))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
