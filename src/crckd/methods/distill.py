@@ -103,9 +103,7 @@ class Distiller(TeacherMethod, abc.ABC):
         return {**super().loss_weights(epoch), self.term: weight}
 
 
-def _paper(
-    name: str, summary: str, reference: str, weight: float
-) -> Callable[[type], type]:
+def _paper(name: str, summary: str, reference: str, weight: float) -> Callable[[type], type]:
     return register_method(
         name, summary=summary, reference=reference, defaults={"distill": {"weight": weight}}
     )
