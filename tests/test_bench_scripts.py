@@ -107,3 +107,25 @@ def test_long_run_records_memory_files_and_folder_size_per_epoch(tmp_path):
     assert rows[2]["folder_bytes"] >= rows[2]["checkpoints_bytes"] + rows[2]["tensorboard_bytes"]
     slope = (rows[2]["epochs_csv_bytes"] - rows[0]["epochs_csv_bytes"]) / 2 * 100
     assert report["growth_per_100_epochs"]["epochs_csv_bytes"] == pytest.approx(slope)
+
+
+def test_schedule_study_table_reads_the_selected_validation_epoch(tmp_path):
+    """Each run counts at its best validation balanced accuracy; differences are paired."""
+    for folder, base in (
+        ("ema_paper/crckd", 0.6),
+        ("ema_relative/crckd", 0.5),
+        ("ema_paper/ce", 0.5),
+    ):
+        for seed in range(3):
+            run = tmp_path / folder / f"seed{seed}"
+            run.mkdir(parents=True)
+            bacc = [base - 0.1, base + 0.01 * seed, base - 0.2]  # epoch 1 is selected
+            lines = ["epoch,val_balanced_accuracy,val_f1_macro,val_kappa"]
+            lines += [f"{e},{b},{b / 2},{e}" for e, b in enumerate(bacc)]
+            (run / "epochs.csv").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, str(REPO / "bench" / "schedule_study.py"), str(tmp_path)]
+    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "| crckd, EMA decay 0.99 (paper) | 0.600 | 0.610 | 0.620 | 0.610 |" in table
+    paper_vs_ce = next(line for line in table.splitlines() if "(paper) - ce" in line)
+    assert "+0.100 [+0.100, +0.100] better" in paper_vs_ce  # balanced accuracy
+    assert paper_vs_ce.endswith("+0.000 [+0.000, +0.000] within noise |")  # kappa: epoch 1 both
