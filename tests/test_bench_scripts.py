@@ -1,16 +1,27 @@
 """The benchmark scripts run end to end with tiny settings on the CPU."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import make_colour_ham
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_module(name: str) -> ModuleType:
+    """A bench/ script imported in this process (its functions, without a Python start-up)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def gpu_reproduce(
@@ -86,8 +97,7 @@ def test_paired_intervals_reads_a_comparison_csv(tmp_path):
     lines += [f"{m},{s},,{v},{v},{v},{v}" for m, s, v in rows]
     csv = tmp_path / "comparison.csv"
     csv.write_text("\n".join(lines) + "\n")
-    command = [sys.executable, str(REPO / "bench" / "paired_intervals.py"), str(csv)]
-    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    table = bench_module("paired_intervals").interval_table(pd.read_csv(csv), "ce")
     by_method = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
     assert "**+0.100 [+0.100, +0.100]** better" in by_method["crckd"]
     assert "+0.000 [" in by_method["mt"] and "better" not in by_method["mt"]
@@ -123,8 +133,7 @@ def test_schedule_study_table_reads_the_selected_validation_epoch(tmp_path):
             lines = ["epoch,val_balanced_accuracy,val_f1_macro,val_kappa"]
             lines += [f"{e},{b},{b / 2},{e}" for e, b in enumerate(bacc)]
             (run / "epochs.csv").write_text("\n".join(lines) + "\n")
-    command = [sys.executable, str(REPO / "bench" / "schedule_study.py"), str(tmp_path)]
-    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    table = bench_module("schedule_study").tables(tmp_path)
     assert "| crckd, EMA decay 0.99 (paper) | 0.600 | 0.610 | 0.620 | 0.610 |" in table
     paper_vs_ce = next(line for line in table.splitlines() if "(paper) - ce" in line)
     assert "+0.100 [+0.100, +0.100] better" in paper_vs_ce  # balanced accuracy
