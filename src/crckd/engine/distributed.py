@@ -12,8 +12,10 @@ exit code 2) instead of waiting for PyTorch's default of 30 minutes (gloo) or 10
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from crckd.dist import all_reduce_mean, unwrap
 from crckd.engine.inference import resolve_device
 from crckd.errors import ConfigError
+
+# Where PyTorch's collectives raise from (the innermost Python frame of a failed collective).
+_TORCH_COLLECTIVES = ("torch/distributed/", "torch/nn/parallel/distributed.py")
 
 DIST_TIMEOUT_ENV = "CRCKD_DIST_TIMEOUT"
 # Long enough for the longest wait of a healthy job: the other ranks wait while rank 0 alone
@@ -94,9 +99,14 @@ def peer_failure(exc: BaseException) -> bool:
     NCCL and the store raise torch.distributed.DistError)."""
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    return isinstance(exc, dist.DistError) or (
-        isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
-    )
+    if isinstance(exc, dist.DistError):
+        return True
+    # gloo's messages vary ("[../gloo/transport/...] Connection closed by peer", "Application
+    # timeout caused pair closure"): recognise where the error was raised, a collective
+    frames = traceback.extract_tb(exc.__traceback__)
+    innermost = Path(frames[-1].filename).as_posix() if frames else ""
+    in_collective = any(part in innermost for part in _TORCH_COLLECTIVES)
+    return isinstance(exc, RuntimeError) and ("/gloo/" in str(exc) or in_collective)
 
 
 def shutdown_distributed() -> None:
