@@ -233,9 +233,14 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return nested_setting(key.strip(), value)
+
+
+def nested_setting(key: str, value: Any) -> dict[str, Any]:
+    """`{"a": {"b": value}}` for the dotted key "a.b"."""
     nested: dict[str, Any] = {}
     cursor = nested
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value

@@ -18,7 +18,6 @@ trials.md and trials.png.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -40,7 +39,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from crckd.config import config_to_dict, deep_merge
+from crckd.config import config_to_dict, deep_merge, nested_setting
 from crckd.engine.lock import RunLock
 from crckd.engine.metrics import SCALAR_METRICS
 from crckd.engine.resume import training_changes
@@ -124,7 +123,7 @@ def _distribution(key: str, spec: Any, base: dict[str, Any], source: str) -> Bas
     for value in examples:
         setting = f"{where}={value!r}"
         try:
-            build_config(deep_merge(base, _nested(key, value)), source=setting)
+            build_config(deep_merge(base, nested_setting(key, value)), source=setting)
         except ConfigError as exc:  # an unknown method.name names no source
             message = str(exc)
             raise ConfigError(
@@ -137,14 +136,9 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    """`{"a": {"b": value}}` for the dotted key "a.b"."""
-    return functools.reduce(lambda inner, part: {part: inner}, reversed(key.split(".")), value)
-
-
 def _with_params(raw: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
-        raw = deep_merge(raw, _nested(key, value))
+        raw = deep_merge(raw, nested_setting(key, value))
     return raw
 
 
