@@ -242,6 +242,7 @@ class Differences:
     paired: pd.DataFrame
     bootstrap: pd.DataFrame
     notes: list[str]
+    resamples: int = RESAMPLES
 
 
 def differences(
@@ -273,7 +274,7 @@ def differences(
             rows.append({**row, "metric": metric, **interval.as_row()})
     columns = ["method", "run", "seed", "fold", "metric", *INTERVAL_FIELDS]
     bootstrap = pd.DataFrame(rows, columns=columns)
-    return Differences(reference, paired, bootstrap, notes)
+    return Differences(reference, paired, bootstrap, notes, resamples)
 
 
 def _fold(value: object) -> int | None:
@@ -368,8 +369,8 @@ def differences_markdown(diff: Differences) -> str:
     ]
     if len(diff.bootstrap):
         parts += [
-            f"\nPer run, over its test images (paired bootstrap, {RESAMPLES} resamples, against "
-            f"the {diff.reference} run of the same seed and fold):\n\n",
+            f"\nPer run, over its test images (paired bootstrap, {diff.resamples} resamples, "
+            f"against the {diff.reference} run of the same seed and fold):\n\n",
             _markdown(difference_table(diff.bootstrap, ["method", "run"])),
         ]
     parts.append("\nIn words:\n\n" + "".join(f"- {line}\n" for line in differences_in_words(diff)))
