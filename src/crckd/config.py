@@ -45,6 +45,22 @@ class DataConfig(_Section):
     cache: bool = Field(False, description="decode and resize every image once, reuse it")
     cache_dir: Path | None = Field(None, description="default $CRCKD_CACHE_DIR or ~/.cache/crckd")
     check: bool = Field(True, description="open every image once before training (check-data)")
+    labeled_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep the labels of this stratified part of the training split; the rest "
+        "trains as unlabelled images",
+    )
+    unlabeled_root: Path | None = Field(
+        None, description="folder of unlabelled training images (any depth)"
+    )
+    labeled_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="labelled images per global batch when there are unlabelled ones; "
+        "none: a quarter of train.batch_size",
+    )
 
 
 class ModelConfig(_Section):
@@ -106,6 +122,17 @@ class CRPConfig(_Section):
     begin_fraction: float | None = Field(None, ge=0, le=1, description="start / train.epochs")
 
 
+class SemiConfig(_Section):
+    """How a class-guided method (CRCKD's CCD and CRP) uses unlabelled images: a row of the
+    memory banks takes the teacher's class where the teacher is this confident, else it has no
+    class (instance contrast only, and left out of the centroids)."""
+
+    pseudo_labels: bool = Field(True, description="give confident unlabelled rows a class")
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="teacher probability a pseudo-label needs"
+    )
+
+
 class TeacherConfig(_Section):
     """Where the teacher comes from: an EMA of the student, or a frozen trained checkpoint."""
 
@@ -150,6 +177,7 @@ class MethodConfig(_Section):
     consistency: ConsistencyConfig = ConsistencyConfig()
     ccd: CCDConfig = CCDConfig()
     crp: CRPConfig = CRPConfig()
+    semi: SemiConfig = SemiConfig()
 
 
 class TrainConfig(_Section):

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The longer CPU protocol of docs/benchmarks.md: ce, mt, crckd, mt+ccd x 5 seeds, then kd, crd
+# and crckd (paper_faithful) x 3 seeds; HAM10000, then APTOS 2019 fold 1. Seed by seed, so that
+# an interrupted protocol leaves complete, paired seeds; rerunning it skips finished runs and
+# resumes a started one. Each finished run's metrics.json and epochs.csv, and the final tables,
+# are copied to bench/results/cpu_long/.
+# Usage: nice bench/cpu_long_protocol.sh [DATA_DIR] [OUT_DIR]  (DATA_DIR holds ham10000/, aptos2019/)
+set -euo pipefail
+data=${1:-../shared/data}
+out=${2:-runs/bench_cpu_long}
+results=bench/results/cpu_long
+
+keep() {  # copy the small files of every finished run under $1 to $results/$2
+  for metrics in "$1"/*/seed*/metrics.json; do
+    [ -e "$metrics" ] || continue
+    run=$(dirname "$metrics"); dest="$results/$2/$(basename "$(dirname "$run")")/$(basename "$run")"
+    mkdir -p "$dest" && cp "$run/metrics.json" "$run/epochs.csv" "$dest/"
+  done
+}
+tables() {  # copy a comparison's tables to $results/$1 under the prefix $2
+  for f in comparison.csv comparison.md differences.csv bootstrap.csv; do
+    [ -e "$out/$1/$f" ] && cp "$out/$1/$f" "$results/$1/$2$f"
+  done
+}
+protocol() {  # name config data-root
+  local name=$1 cfg=$2 root=$3 pf=${1}_paper_faithful
+  for seed in 0 1 2 3 4; do
+    crckd compare -c "$cfg" "data.root=$root" --methods ce mt crckd mt+ccd --seeds "$seed" \
+        --out "$out/$name"
+    keep "$out/$name" "$name"
+  done
+  for seed in 0 1 2; do
+    crckd compare -c "$cfg" "data.root=$root" --methods ce kd crd --seeds "$seed" --out "$out/$name"
+    keep "$out/$name" "$name"
+    crckd compare -c "$cfg" "data.root=$root" method.preset=paper_faithful --methods crckd \
+        --seeds "$seed" --out "$out/$pf"
+    keep "$out/$pf" "$pf"
+  done
+  # Every run is done: these only tabulate, with the paired intervals against ce.
+  crckd compare -c "$cfg" "data.root=$root" --methods ce mt crckd mt+ccd --seeds 0 1 2 3 4 \
+      --out "$out/$name"
+  tables "$name" five_seeds_
+  crckd compare -c "$cfg" "data.root=$root" --methods ce mt crckd mt+ccd kd crd --seeds 0 1 2 \
+      --out "$out/$name"
+  tables "$name" three_seeds_
+  crckd compare -c "$cfg" "data.root=$root" method.preset=paper_faithful --methods crckd \
+      --seeds 0 1 2 --out "$out/$pf"
+  tables "$pf" ""
+}
+start=$(date +%s)
+protocol ham10000 configs/benchmark/ham10000_cpu_long.yaml "$data/ham10000"
+protocol aptos configs/benchmark/aptos_cpu_long.yaml "$data/aptos2019"
+echo "total wall time: $(( $(date +%s) - start )) s"
