@@ -242,7 +242,7 @@ def test_a_comparison_killed_twice_and_run_again_ends_with_the_uninterrupted_tab
         "model.backbone=test_resnet",
         "data.image_size=32",
         "train.batch_size=8",
-        "train.epochs=3",
+        "train.epochs=2",
         "train.deterministic=true",
         "train.progress=false",
     ]
@@ -272,7 +272,7 @@ def test_a_comparison_killed_twice_and_run_again_ends_with_the_uninterrupted_tab
     assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
 
     assert "[1/2] ce seed0: done, skipped" in stdout
-    assert f"resuming {second} at epoch {len(history) + 1}/3" in stderr
+    assert f"resuming {second} at epoch {len(history) + 1}/2" in stderr
     # The epochs trained before the kill were kept, timings included: no restart from epoch 0.
     rows = pd.read_csv(second / "epochs.csv").to_dict("records")[: len(history)]
     assert [row["train_seconds"] for row in rows] == [r["train_seconds"] for r in history]

@@ -31,6 +31,7 @@ from crckd.engine.trainer import TIMING_COLUMNS
 from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
+from ddp_worker import train_and_describe
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # A BatchNorm-free backbone (LayerNorm): then a 2-rank step is mathematically the
@@ -69,8 +70,8 @@ def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     }
 
 
-def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
-    """Run the worker as `world_size` ranks (as torchrun would) and load each rank's dump."""
+def start_ranks(world_size: int, out: Path, overrides: list[str]) -> list:
+    """Start the worker as `world_size` ranks (as torchrun would); their dumps go to `out`."""
     port = free_port()
     procs = []
     for rank in range(world_size):
@@ -78,6 +79,11 @@ def launch(world_size: int, out: Path, overrides: list[str]) -> list[dict]:
         dump = out / f"rank{rank}.pt"
         command = [sys.executable, str(WORKER), str(dump), *overrides]
         procs.append((subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True), dump))
+    return procs
+
+
+def collect(procs: list) -> list[dict]:
+    """Wait for the ranks of `start_ranks` and load each rank's dump."""
     try:
         for proc, _ in procs:
             _, err = proc.communicate(timeout=600)
@@ -97,8 +103,12 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
     single_dir.mkdir()
     ddp_dir.mkdir()
     common = [f"data.root={root}", *OVERRIDES, f"method.name={method}"]
-    (single,) = launch(1, single_dir, [*common, f"output_dir={single_dir / 'run'}"])
-    rank0, rank1 = launch(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+    # The single-process reference trains here (no second Python start-up) while the ranks run.
+    ranks = start_ranks(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+    try:
+        single = train_and_describe([*common, f"output_dir={single_dir / 'run'}"])
+    finally:
+        rank0, rank1 = collect(ranks)
 
     assert (single["world_size"], rank0["world_size"], rank1["world_size"]) == (1, 2, 2)
     # Each rank trains on its contiguous half of the single process's global batch.
@@ -142,16 +152,20 @@ def test_collectives_wait_as_long_as_the_environment_says(monkeypatch):
 
 
 TIMEOUT = 20  # seconds, CRCKD_DIST_TIMEOUT of the test's jobs
+# CRCKD_DIST_TIMEOUT of the job whose rank hangs, which rank 0 then waits out: shorter, as long
+# as an answering rank never takes that long (data check, startup skew) on a slow machine
+HANG_TIMEOUT = 10
 
 
-def train_ranks(*args: str) -> list[subprocess.Popen]:
-    """`crckd train ARGS` as the 2 ranks of a job (as torchrun starts them) on the CPU."""
+def train_ranks(*args: str, timeout: float = TIMEOUT) -> list[subprocess.Popen]:
+    """`crckd train ARGS` as the 2 ranks of a job (as torchrun starts them) on the CPU, with
+    CRCKD_DIST_TIMEOUT=`timeout`."""
     port = free_port()
     command = [sys.executable, "-m", "crckd", "train", *args]
     pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
     return [
         subprocess.Popen(
-            command, env={**rank_env(r, 2, port), DIST_TIMEOUT_ENV: str(TIMEOUT)}, **pipes
+            command, env={**rank_env(r, 2, port), DIST_TIMEOUT_ENV: str(timeout)}, **pipes
         )
         for r in range(2)
     ]
@@ -205,10 +219,11 @@ def test_a_killed_or_hung_rank_stops_the_other_in_bounded_time_and_resume_matche
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 0  # intact
 
     # SIGSTOP rank 1 (a hung process): rank 0 gives up after CRCKD_DIST_TIMEOUT seconds.
-    code, err, seconds = stop_one_rank(train_ranks("--resume", str(run)), run, 2, signal.SIGSTOP)
+    hung = train_ranks("--resume", str(run), timeout=HANG_TIMEOUT)
+    code, err, seconds = stop_one_rank(hung, run, 2, signal.SIGSTOP)
     assert code == EXIT_USER_ERROR and "Traceback" not in err, err[-3000:]
     assert "another process of this job stopped" in err
-    assert seconds < TIMEOUT + 60
+    assert seconds < HANG_TIMEOUT + 60
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 1
 
     finish(train_ranks("--resume", str(run)))

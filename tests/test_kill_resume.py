@@ -96,7 +96,9 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     kills: list[str] = []
-    for plan in ("writing", "training", "writing", "training"):
+    # A kill that misses (the run ended first) ends the loop, so the 3 kills asserted below are
+    # always these 3: a fresh run and a resumed one killed inside a write, a resumed one between.
+    for plan in ("writing", "training", "writing"):
         resume = (run / "config.yaml").exists()
         since = time.time()
         args = ["--resume", str(run)] if resume else [f"data.root={root}", f"output_dir={run}"]

@@ -229,8 +229,9 @@ def start_tune(*args: str) -> subprocess.Popen:
 def test_a_killed_study_continues_to_the_result_of_an_uninterrupted_one(colour_ham, tmp_path):
     (tmp_path / "base.yaml").write_text(f"data: {{root: {colour_ham}}}\n")
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    args = ["-c", str(tmp_path / "base.yaml"), *TINY, "train.epochs=3", "train.deterministic=true"]
-    args += ["--space", str(tmp_path / "space.yaml"), "--trials", "3", "--seed", "0"]
+    args = ["-c", str(tmp_path / "base.yaml"), *TINY, "train.epochs=2", "train.deterministic=true"]
+    # One complete trial before the killed one, then the killed one run again: 2 trials.
+    args += ["--space", str(tmp_path / "space.yaml"), "--trials", "2", "--seed", "0"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     uninterrupted = start_tune(*args, "--out", str(reference))
     process = start_tune(*args, "--out", str(killed))
@@ -240,7 +241,7 @@ def test_a_killed_study_continues_to_the_result_of_an_uninterrupted_one(colour_h
     process.kill()
     process.wait()
     before = pd.read_csv(epochs)
-    assert len(before) < 3, "the kill came after trial 1 finished"
+    assert len(before) < 2, "the kill came after trial 1 finished"
     finished = start_tune(*args, "--out", str(killed))
     output, errors = finished.communicate()
     assert finished.returncode == 0, errors
@@ -248,14 +249,14 @@ def test_a_killed_study_continues_to_the_result_of_an_uninterrupted_one(colour_h
     assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
 
     table = pd.read_csv(killed / "trials.csv")
-    assert list(table["state"]) == ["complete", "fail", "complete", "complete"]
+    assert list(table["state"]) == ["complete", "fail", "complete"]
     assert table["note"][1] == "killed; run again as trial 2"
     assert table["note"][2] == "rerun of trial 1, resumed from its last checkpoint"
     assert table["run_dir"][2] == "trials/trial-0001"
     # Resumed, not run again: the epochs trained before the kill are kept as they were
     # (their timings too), and the others follow.
     after = pd.read_csv(epochs)
-    assert list(after["epoch"]) == [0, 1, 2]
+    assert list(after["epoch"]) == [0, 1]
     pd.testing.assert_frame_equal(after.iloc[: len(before)][before.columns], before)
     # The same trials, values and best config as the study that was never killed.
     expected = pd.read_csv(reference / "trials.csv")
