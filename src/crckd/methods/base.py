@@ -49,6 +49,7 @@ class Method(nn.Module):
     """Base class: weighted cross-entropy on the student only (the `ce` baseline)."""
 
     views: ClassVar[int] = 1
+    learns_from_unlabeled: ClassVar[bool] = False
     # The loss whose keyword arguments `method.distill.params` sets; None: the method takes none.
     loss_function: ClassVar[Callable[..., Any] | None] = None
     # The schedule values (EMA decay, begin epochs, ramps) of the method's paper, at 80 epochs.
