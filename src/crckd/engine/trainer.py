@@ -197,11 +197,10 @@ class Trainer:
         # Optimiser steps per epoch: the global batches of an epoch (the same in every epoch).
         self.steps_per_epoch = len(self._sampler(train_cfg.seed))
         if self.steps_per_epoch == 0:
-            per_batch = self.labeled_batch_size or train_cfg.batch_size
+            labeled = "" if self.labeled_batch_size is None else "labelled "
             raise DataError(
-                f"the training split has {self.data.n_labeled} labelled images: too few for one "
-                f"batch (of {per_batch}) that gives each of the {self.dist.world_size} processes "
-                "at least 2"
+                f"the training split has {self.data.n_labeled} {labeled}images: too few for one "
+                f"batch that gives each of the {self.dist.world_size} processes at least 2"
             )
         context = MethodContext(
             num_classes=len(self.data.classes),
