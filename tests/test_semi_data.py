@@ -1,6 +1,7 @@
 """Semi-supervised data: the labelled part of a split, the unlabelled folder (listing, leaks,
 resume), the batches of labelled and unlabelled images, and what the trainer hands a method."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, lesion_table, make_ham_layout, write_image
+from conftest import FAST, lesion_table, make_colour_ham, make_ham_layout, write_image
 from crckd.cli import EXIT_USER_ERROR, main
 from crckd.data import (
     HAM10000_CLASSES,
@@ -26,7 +27,8 @@ from crckd.data import (
 from crckd.data.cache import DecodedImages, JoinedImages
 from crckd.data.samplers import SemiBatchSampler
 from crckd.data.unlabeled import check_same_files, list_unlabeled
-from crckd.engine import Trainer
+from crckd.engine import Trainer, load_checkpoint, train
+from crckd.engine import trainer as trainer_module
 from crckd.engine.data import class_weights, prepare_data
 from crckd.errors import ConfigError, DataError
 from crckd.methods import get_method, load_config
@@ -329,3 +331,94 @@ def test_semi_settings_that_cannot_work_are_config_errors(ham, tmp_path):
         Trainer(semi_config(ham, tmp_path / "c", "data.labeled_fraction=0.5",
                             "data.labeled_batch_size=null", "train.batch_size=4"))  # fmt: skip
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+# --- whole runs --------------------------------------------------------------------------------
+
+SEMI_METHOD = "mt"  # learns from unlabelled images: its batches hold both kinds
+
+
+def semi_args(ham: Path, folder: Path) -> list[str]:
+    return [
+        f"data.root={ham}",
+        *FAST,
+        "train.epochs=2",
+        "train.deterministic=true",
+        "data.labeled_fraction=0.5",
+        f"data.unlabeled_root={folder}",
+        "data.labeled_batch_size=4",
+        "method.consistency.begin_epoch=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A semi-supervised comparison (`crckd compare --report`, one run): the dataset, the
+    unlabelled folder and the comparison folder."""
+    base = tmp_path_factory.mktemp("semi")
+    ham = make_colour_ham(base / "ham", n_per_class=8)
+    folder = unlabeled_folder(base / "unlabeled", n=6)
+    config = base / "semi.yaml"
+    config.write_text("train:\n  progress: false\n")
+    out = base / "compare"
+    args = ["compare", "-c", str(config), *semi_args(ham, folder), "--methods", SEMI_METHOD]
+    assert main([*args, "--seeds", "0", "--out", str(out), "--report"]) == 0
+    return ham, folder, out
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_semi_run_resumes_exactly_and_never_reads_a_hidden_label(compared, tmp_path, monkeypatch):
+    ham, folder, out = compared
+    run = out / SEMI_METHOD / "seed0"
+    split = pd.read_csv(run / "split.csv", keep_default_na=False)
+    assert set(split.loc[split["split"] == "train", "labeled"]) == {"true", "false"}
+    listed = pd.read_csv(run / "unlabeled.csv")
+    assert listed["path"].tolist() == list(list_unlabeled(folder, progress=False).relative)
+    # Another copy of the data whose hidden labels are all changed, trained on the same split.
+    other = shutil.copytree(ham, tmp_path / "ham")
+    meta = pd.read_csv(other / "HAM10000_metadata.csv")
+    hidden = meta["image_id"].isin(split.loc[split["labeled"] == "false", "image_id"])
+    shifted = [HAM10000_CLASSES[(HAM10000_CLASSES.index(dx) + 1) % 7] for dx in meta["dx"]]
+    meta.loc[hidden, "dx"] = np.array(shifted)[hidden.to_numpy()]
+    meta.to_csv(other / "HAM10000_metadata.csv", index=False)
+    config = load_config(
+        overrides=[
+            *semi_args(other, folder),
+            f"method.name={SEMI_METHOD}",
+            "train.seed=0",
+            f"data.split_file={run / 'split.csv'}",
+            f"output_dir={tmp_path / 'killed'}",
+        ]
+    )
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.pt":
+            raise _Killed
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train(config)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    resumed = train(config, resume=True)
+
+    a = load_checkpoint(run / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert a["progress"]["epoch"] == b["progress"]["epoch"] == 2
+    for key, value in a["method"].items():
+        torch.testing.assert_close(b["method"][key], value, rtol=0, atol=0, msg=key)
+    assert resumed.metrics == json.loads((run / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_report_and_embed_read_a_semi_run(compared, tmp_path):
+    _, _, out = compared
+    assert (out / "comparison.csv").is_file() and (out / "report" / "index.html").is_file()
+    run = out / SEMI_METHOD / "seed0"
+    assert main(["embed", str(run), "--out", str(tmp_path / "embed")]) == 0
+    assert (tmp_path / "embed" / "0-seed0" / "embed.json").is_file()
