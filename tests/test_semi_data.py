@@ -321,6 +321,29 @@ def test_ce_trains_on_the_labelled_part_of_the_same_batches(ham, tmp_path, learn
     assert all(len(indices) == 8 for indices in mt_batches)
 
 
+def test_the_cache_covers_the_unlabelled_folder(ham, tmp_path, learning_mt):
+    folder = unlabeled_folder(tmp_path / "u", n=6)
+    batches = {}
+    for cache in (False, True):
+        trainer = Trainer(
+            semi_config(
+                ham,
+                tmp_path / f"run{cache}",
+                "method.name=mt",
+                f"data.unlabeled_root={folder}",
+                f"data.cache={str(cache).lower()}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+            )
+        )
+        trainer.lock.release()
+        batches[cache] = list(trainer.train_loader(0))
+    cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and any(name.endswith("-6.npy") for name in cached)  # 6 unlabelled
+    for plain, from_cache in zip(batches[False], batches[True], strict=True):
+        assert torch.equal(plain["index"], from_cache["index"])
+        torch.testing.assert_close(plain["image"], from_cache["image"], rtol=0, atol=0)
+
+
 def test_semi_settings_that_cannot_work_are_config_errors(ham, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.labeled_batch_size=2 is set, but the run has no"):
         Trainer(semi_config(ham, tmp_path / "a"))
