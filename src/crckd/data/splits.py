@@ -22,8 +22,6 @@ from crckd.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "val", "test")
 SCHEMES = ("auto", "holdout", "kfold")
 _MAX_FOLDS = 20  # finest grid used to approximate a fraction by whole folds
-# The labelled part may be small (1 % of the training images): a finer grid of folds.
-_MAX_LABELED_FOLDS = 100
 _TRUE, _FALSE = "true", "false"
 
 
@@ -93,7 +91,7 @@ def choose_labeled(
     labels = table.frame["label"].to_numpy()[train]
     groups = table.frame["group"].to_numpy()[train]
     kept = np.zeros(len(train), dtype=bool)
-    kept[_stratified_part(labels, groups, fraction, seed, _MAX_LABELED_FOLDS)] = True
+    kept[_nested_part(labels, groups, fraction, seed)] = True
     missing = [table.classes[c] for c in np.unique(labels) if not kept[labels == c].any()]
     if missing:
         raise DataError(
@@ -239,19 +237,23 @@ def _folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> l
 
 
 def _stratified_part(
-    labels: np.ndarray,
-    groups: np.ndarray,
-    fraction: float,
-    seed: int,
-    max_folds: int = _MAX_FOLDS,
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 ) -> np.ndarray:
-    """Positions of a stratified, grouped part of about `fraction` of the images (whole folds
-    of at most `max_folds`)."""
+    """Positions of a stratified, grouped part of about `fraction` of the images."""
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise DataError(f"cannot split {len(labels)} image(s) in {n_groups} group(s)")
-    taken, n_folds = _fraction_as_folds(fraction, min(max_folds, n_groups))
+    taken, n_folds = _fraction_as_folds(fraction, min(_MAX_FOLDS, n_groups))
     return np.sort(np.concatenate(_folds(labels, groups, n_folds, seed)[:taken]))
+
+
+def _nested_part(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`_stratified_part`, a fraction under 1/_MAX_FOLDS taken as a part of a part (1 % as a
+    fifth of a twentieth), so that a small fraction is met as closely as a large one."""
+    if fraction >= 1 / _MAX_FOLDS:
+        return _stratified_part(labels, groups, fraction, seed)
+    outer = _stratified_part(labels, groups, 1 / _MAX_FOLDS, seed)
+    return outer[_nested_part(labels[outer], groups[outer], fraction * _MAX_FOLDS, seed)]
 
 
 def _keep_every_class_in_train(

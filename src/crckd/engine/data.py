@@ -217,8 +217,8 @@ def _unlabeled_files(
     if leaks:
         raise DataError(
             f"{len(leaks)} unlabelled image(s) under {files.root} are validation or test images "
-            f"of {table.root}, a leak; nothing was written: {overlap_lines(leaks)}. Remove them "
-            "from the folder"
+            f"of {table.root}, a leak; nothing was written. Remove them from the folder: "
+            f"{overlap_lines(leaks)}"
         )
     if overlaps:
         notes.append(
