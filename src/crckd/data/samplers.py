@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -53,19 +54,24 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
 
 class SemiBatchSampler(Sampler[list[tuple[int, int]]]):
     """Global batches of `labeled_batch_size` labelled images completed with unlabelled ones to
-    `batch_size`, each part cut into contiguous per-rank chunks, labelled rows first on each
-    rank; the same global batches in one process or across many.
+    `batch_size`, the same in one process or across many: each rank takes its contiguous share
+    of the global batch, as with `GlobalBatchSampler`, and that share holds its contiguous share
+    of each part, in the batch's proportion.
 
     The images are indexed labelled first (0..labeled-1), then unlabelled. An epoch is one pass
     over the labelled images in a seeded order. The unlabelled images are taken in turn from a
     seeded permutation of them; a batch that needs more than the permutation has left starts a
-    new one, so no image is twice in a batch (unless a batch needs more than there are). Both
-    follow `seed` only (set once per epoch with `set_seed`), and each batch is a list of
-    `(index, seed)` keys, as in `GlobalBatchSampler`. A short last labelled batch keeps the
-    proportion (its unlabelled part is cut to match), each part is cut to a multiple of the
-    number of ranks, and the batch is dropped if that leaves a rank fewer than two labelled
-    images. `labeled_only` yields the labelled part of the same batches alone (for a method
-    that does not learn from unlabelled images).
+    new one, so no image is twice in a batch (unless a batch needs more than there are). A
+    global batch interleaves the two parts in equal groups (as many as the greatest common
+    divisor of their sizes: 4 labelled and 12 unlabelled images are 4 groups of 1 + 3), so that
+    N ranks' contiguous shares are exactly the one-process batch, row for row, and draws made
+    for the global batch's rows (the teacher's rotations) stay the same. Everything follows
+    `seed` only (set once per epoch with `set_seed`), and each batch is a list of
+    `(index, seed)` keys. A short last labelled batch keeps the proportion (its unlabelled part
+    is cut to match), each part is cut to a multiple of the number of ranks, and the batch is
+    dropped if that leaves a rank fewer than two labelled images. `labeled_only` yields the
+    labelled rows of the same shares alone (for a method that does not learn from unlabelled
+    images).
     """
 
     def __init__(
@@ -127,13 +133,25 @@ class SemiBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for labeled, unlabeled in self._global_batches():
-            mine = _share(labeled, self.rank, self.world_size)
-            if not self.labeled_only:
-                mine += _share(unlabeled, self.rank, self.world_size)
+            mine = _share(_interleave(labeled, unlabeled), self.rank, self.world_size)
+            if self.labeled_only:
+                mine = [index for index in mine if index < self.labeled]
             yield [(index, self.seed) for index in mine]
 
     def __len__(self) -> int:
         return len(self._labeled_sizes())
+
+
+def _interleave(first: list[int], second: list[int]) -> list[int]:
+    """The two lists in equal groups, one group of each in turn (as many groups as the greatest
+    common divisor of their lengths)."""
+    groups = math.gcd(len(first), len(second))
+    a, b = len(first) // groups, len(second) // groups
+    return [
+        i
+        for g in range(groups)
+        for i in (*first[g * a : (g + 1) * a], *second[g * b : (g + 1) * b])
+    ]
 
 
 def _share(batch: list[int], rank: int, world_size: int) -> list[int]:
