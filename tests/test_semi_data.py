@@ -442,9 +442,11 @@ def test_a_semi_run_resumes_exactly_and_never_reads_a_hidden_label(compared, tmp
 
 
 @pytest.mark.slow
-def test_compare_and_embed_read_a_semi_run(compared, tmp_path):
+def test_compare_report_and_embed_read_a_semi_run(compared, tmp_path):
     _, _, out = compared
     assert (out / "comparison.csv").is_file()
     run = out / SEMI_METHOD / "seed0"
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "index.html").is_file()
     assert main(["embed", str(run), "--out", str(tmp_path / "embed")]) == 0
     assert (tmp_path / "embed" / "0-seed0" / "embed.json").is_file()
