@@ -278,7 +278,7 @@ def learning_mt(monkeypatch) -> None:
     monkeypatch.setattr(get_method("mt").cls, "learns_from_unlabeled", True)
 
 
-def test_batches_hold_labelled_then_unlabelled_images_whose_label_is_minus_one(
+def test_a_batch_holds_labelled_and_unlabelled_images_whose_label_is_minus_one(
     ham, tmp_path, learning_mt
 ):
     folder = unlabeled_folder(tmp_path / "u", n=6)
