@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import make_colour_ham
+from conftest import make_colour_ham, write_image
 from crckd.cli import EXIT_USER_ERROR
 from crckd.data import eval_transform
 from crckd.data.datasets import ImageDataset
@@ -138,6 +138,32 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
     assert not (ddp_dir / "run" / "rank1").exists()
     # Dropout masks differ between ranks, as between a process's images.
     assert not torch.equal(rank0["global_draw"], rank1["global_draw"])
+
+
+@pytest.mark.slow
+def test_a_semi_supervised_run_on_two_ranks_matches_one_process(tmp_path):
+    root = make_colour_ham(tmp_path / "ham", n_per_class=8)
+    for i in range(8):
+        write_image(tmp_path / "unlabeled" / f"{i}.png", size=(32, 24), seed=50 + i)
+    common = [
+        f"data.root={root}",
+        *OVERRIDES,
+        "method.name=mt",
+        "train.epochs=1",
+        "data.labeled_fraction=0.5",
+        f"data.unlabeled_root={tmp_path / 'unlabeled'}",
+        "data.labeled_batch_size=4",
+    ]
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single_dir.mkdir()
+    ddp_dir.mkdir()
+    (single,) = launch(1, single_dir, [*common, f"output_dir={single_dir / 'run'}"])
+    rank0, rank1 = launch(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+    # Each rank takes its contiguous share of the one-process batch (and so of each part).
+    assert rank0["first_batch"] + rank1["first_batch"] == single["first_batch"]
+    for key, value in single["method"].items():
+        torch.testing.assert_close(rank0["method"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
 
 
 def test_collectives_wait_as_long_as_the_environment_says(monkeypatch):

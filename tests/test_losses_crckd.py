@@ -173,6 +173,24 @@ def test_class_centroids_random_against_loops() -> None:
     np.testing.assert_allclose(cent.numpy(), ref_centroids(memory, labels, 5), atol=TOL)
 
 
+def test_class_centroids_leave_out_rows_without_a_class() -> None:
+    """Golden numbers with numpy: rows labelled -1 (large, to show if they leaked) count in no
+    centroid, so the result is the centroids of the labelled rows alone."""
+    rng = np.random.default_rng(2)
+    memory = rng.normal(size=(12, 4))
+    labels = np.array([0, -1, 1, 1, -1, 0, 2, -1, 0, 1, -1, -1])
+    memory[labels == -1] += 5.0
+    expected = np.zeros((4, 4))  # class 3 has no rows: a zero centroid
+    for k in range(3):
+        mean = np.maximum(memory[labels == k], 0.0).mean(axis=0)
+        expected[k] = mean / np.linalg.norm(mean)
+    cent = class_centroids(torch.tensor(memory), torch.tensor(labels), 4)
+    np.testing.assert_allclose(cent.numpy(), expected, atol=1e-12)
+    known = labels >= 0
+    subset = class_centroids(torch.tensor(memory[known]), torch.tensor(labels[known]), 4)
+    torch.testing.assert_close(cent, subset)
+
+
 def test_class_centroids_accepts_memory_requiring_grad() -> None:
     memory = torch.randn(10, 4, requires_grad=True)
     cent = class_centroids(memory, torch.arange(10) % 2, 2)

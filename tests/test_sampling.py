@@ -176,3 +176,106 @@ def test_two_dimensional_labels_raise() -> None:
 def test_bad_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ContrastSampler(LABELS, **kwargs)
+
+
+# --- rows without a class (-1: unlabelled, no pseudo-label) ----------------------------------
+
+# LABELS with 9 rows without a class appended (positions 47..55) and 6 scattered in: 47 + 9 rows.
+UNKNOWN_TAIL = np.concatenate([LABELS, np.full(9, -1)])
+MIXED = UNKNOWN_TAIL.copy()
+MIXED[[2, 9, 17, 25, 33, 41]] = -1
+MIXED_T = torch.as_tensor(MIXED)
+
+
+@pytest.mark.parametrize("positives", ["multi", "relax", "exact"])
+def test_rows_without_a_class_leave_class_guided_draws_unchanged(positives: str) -> None:
+    """Rows without a class are neither positives nor 'sup' negatives of an anchor with one:
+    appended after the labelled rows, they change no draw of those anchors, bit for bit."""
+    index = torch.tensor([5, 30, 44, 2, 12, 0, 46])
+    plain = ContrastSampler(LABELS, P, K, positives=positives)
+    with_unknown = ContrastSampler(UNKNOWN_TAIL, P, K, positives=positives)
+    for seed in range(3):
+        assert torch.equal(with_unknown.sample(index, gen(seed)), plain.sample(index, gen(seed)))
+
+
+@pytest.mark.parametrize("positives", ["multi", "relax", "exact"])
+def test_an_anchor_without_a_class_is_contrasted_as_an_instance(positives: str) -> None:
+    sampler = ContrastSampler(MIXED, P, num_negatives=30, positives=positives)
+    unknown = np.flatnonzero(MIXED == -1)
+    anchors = torch.tensor([unknown[0], unknown[-1], 3])  # two without a class, one with
+    seen: dict[int, set[int]] = {int(a): set() for a in anchors[:2]}
+    for seed in range(30):
+        out = sampler.sample(anchors, gen(seed))
+        assert (out[:2, : sampler.num_positives] == anchors[:2, None]).all()
+        negatives = out[:2, sampler.num_positives :].tolist()
+        for a, row in zip(anchors[:2].tolist(), negatives, strict=True):
+            assert len(set(row)) == 30 and a not in row  # pool 55 >= K: without replacement
+            seen[a].update(row)
+        # The labelled anchor in the same batch keeps class-guided sets.
+        assert (MIXED_T[out[2, : sampler.num_positives]] == MIXED[3]).all()
+        assert (MIXED_T[out[2, sampler.num_positives :]] >= 0).all()
+    for a, values in seen.items():  # negatives: every other row, with a class or without
+        assert values == set(range(len(MIXED))) - {a}
+
+
+def test_sup_pools_of_a_labelled_anchor_skip_rows_without_a_class() -> None:
+    sampler = ContrastSampler(MIXED, P, K)
+    anchors = torch.tensor([int(np.flatnonzero(c == MIXED)[0]) for c in (0, 1, 2)])
+    positives, negatives = [set() for _ in range(3)], [set() for _ in range(3)]
+    for seed in range(40):
+        out = sampler.sample(anchors, gen(seed))
+        for c in range(3):
+            positives[c].update(out[c, :P].tolist())
+            negatives[c].update(out[c, P:].tolist())
+    for c in range(3):
+        assert positives[c] == set(np.flatnonzero(c == MIXED).tolist())
+        assert negatives[c] == set(np.flatnonzero((MIXED >= 0) & (c != MIXED)).tolist())
+
+
+def test_unsup_negatives_of_a_labelled_anchor_include_rows_without_a_class() -> None:
+    sampler = ContrastSampler(MIXED, P, num_negatives=30, negatives="unsup")
+    drawn = set()
+    for seed in range(30):
+        out = sampler.sample(torch.tensor([3]), gen(seed))
+        assert (MIXED_T[out[0, :P]] == MIXED[3]).all()
+        drawn.update(out[0, P:].tolist())
+    assert drawn == set(range(len(MIXED))) - {3}
+
+
+def test_relabel_moves_rows_between_classes_and_no_class() -> None:
+    sampler = ContrastSampler(MIXED, P, K)
+    gained, revoked = int(np.flatnonzero(MIXED == -1)[0]), int(np.flatnonzero(MIXED == 1)[0])
+    sampler.relabel(torch.tensor([gained, revoked]), torch.tensor([1, -1]))
+    labels = MIXED.copy()
+    labels[[gained, revoked]] = [1, -1]
+    assert torch.equal(sampler.labels, torch.as_tensor(labels))
+    class_1 = set(np.flatnonzero(labels == 1).tolist())
+    drawn = set()
+    for seed in range(20):
+        out = sampler.sample(torch.tensor([gained, revoked]), gen(seed))
+        drawn.update(out[0, 1:P].tolist())
+        assert (out[1, :P] == revoked).all()  # now an instance anchor
+    assert drawn == class_1  # the new member draws from class 1, itself included
+
+
+def test_relabel_refuses_to_leave_sup_without_two_classes_and_keeps_the_labels() -> None:
+    sampler = ContrastSampler([0, 1, 1, -1], num_positives=2, num_negatives=3)
+    with pytest.raises(ValueError, match="only class"):
+        sampler.relabel(torch.tensor([0]), torch.tensor([-1]))
+    assert sampler.labels.tolist() == [0, 1, 1, -1]
+    out = sampler.sample(torch.tensor([1]), gen())
+    assert (sampler.labels[out[0, 2:]] == 0).all()
+
+
+def test_label_errors_with_rows_without_a_class() -> None:
+    with pytest.raises(ValueError, match="only class"):  # one class among the labelled rows
+        ContrastSampler([0, 0, -1, -1], num_positives=2, num_negatives=3)
+    with pytest.raises(ValueError, match="no class"):
+        ContrastSampler([-1, -1, -1], num_positives=2, num_negatives=3)
+    with pytest.raises(ValueError, match="-1"):
+        ContrastSampler([0, 1, -2], num_positives=2, num_negatives=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        ContrastSampler([-1], num_positives=2, num_negatives=3, negatives="unsup")
+    # 'unsup' with no class at all: every anchor is an instance.
+    out = ContrastSampler([-1, -1, -1], 2, 4, negatives="unsup").sample(torch.tensor([1]), gen())
+    assert out[0, :2].tolist() == [1, 1] and 1 not in out[0, 2:].tolist()

@@ -20,6 +20,7 @@ def _cmd_check_data(args: argparse.Namespace) -> None:
         csv=args.csv,
         classes=args.classes,
         split_file=args.split_file,
+        unlabeled_root=args.unlabeled_root,
         max_pixels=args.max_pixels,
         workers=args.workers,
         progress=not args.json,
@@ -51,6 +52,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="labels CSV (default: the layout's, e.g. labels.csv)")
     p.add_argument("--classes", nargs="+", help="class order for csv/imagefolder data")
     p.add_argument("--split-file", help="a split.csv to check against the data (leaks, classes)")
+    p.add_argument(
+        "--unlabeled-root",
+        help="a folder of unlabelled images (data.unlabeled_root): open its images too",
+    )
     p.add_argument(
         "--max-pixels",
         type=_positive_int,

@@ -106,6 +106,24 @@ class DecodedImages:
             ) from None
 
 
+class JoinedImages:
+    """Decoded images of several caches indexed one after the other: a training list of a
+    dataset's images followed by unlabelled images from another folder, each cached apart (the
+    dataset's cache stays the one a supervised run uses)."""
+
+    def __init__(self, parts: Sequence[DecodedImages]) -> None:
+        self.parts = list(parts)
+        self.ends = np.cumsum([len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, index: int) -> Image.Image:
+        part = int(np.searchsorted(self.ends, index, side="right"))
+        start = int(self.ends[part - 1]) if part else 0
+        return self.parts[part][index - start]
+
+
 def _build(
     paths: Sequence[str], image_size: int, target: Path, *, progress: bool, workers: int | None
 ) -> None:

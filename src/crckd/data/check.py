@@ -2,10 +2,12 @@
 
 `check_dataset` reports errors (the run cannot use the data as given: missing, empty, truncated
 or undecodable images, images over the pixel limit, duplicate ids, unknown labels, blank values,
-classes without training images, a bad split file or lesions crossing sets) and notes (handled
-safely and counted: non-RGB images converted to RGB, a CSV with a BOM, unused columns), each
-with a count and the first few files, ids or lines. `crckd check-data` prints the report, and
-training runs it first (`data.check`), so bad data stops a run before anything is written.
+classes without (labelled) training images, a bad split file or lesions crossing sets) and notes
+(handled safely and counted: non-RGB images converted to RGB, a CSV with a BOM, unused columns),
+each with a count and the first few files, ids or lines. A folder of unlabelled images is
+checked the same way (its images are opened with the dataset's). `crckd check-data` prints the
+report, and training runs it first (`data.check`), so bad data stops a run before anything is
+written.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from tqdm.auto import tqdm
 
 from crckd.data.datasets import first_items, load_table
 from crckd.data.images import (
+    IMAGE_EXTENSIONS,
     PIXEL_LIMIT_ENV,
     allow_pixels,
     max_image_pixels,
     pixel_limit_error,
     to_rgb,
+    walk_images,
 )
-from crckd.data.splits import load_split
+from crckd.data.splits import load_labeled, load_split
 from crckd.errors import DataError
 
 KEPT = 20  # items kept per finding by `DataReport.to_dict`
@@ -86,6 +90,7 @@ class DataReport:
     dataset: str
     root: Path
     rows: int = 0
+    unlabeled: int = 0  # image files found in the unlabelled folder
     images: int = 0
     seconds: float = 0.0
     max_pixels: int = 0
@@ -105,9 +110,10 @@ class DataReport:
     def format(self) -> str:
         """A terminal summary: one line per finding, errors first."""
         status = "OK" if self.ok else f"{len(self.errors)} error(s)"
+        unlabeled = f", {self.unlabeled} unlabelled" if self.unlabeled else ""
         lines = [
-            f"{self.dataset} at {self.root}: {self.rows} labelled image(s), {self.images} opened "
-            f"in {self.seconds:.1f}s: {status}, {len(self.notes)} note(s)"
+            f"{self.dataset} at {self.root}: {self.rows} labelled image(s){unlabeled}, "
+            f"{self.images} opened in {self.seconds:.1f}s: {status}, {len(self.notes)} note(s)"
         ]
         lines += [f"  error: {finding.format()}" for finding in self.errors]
         lines += [f"  note: {finding.format()}" for finding in self.notes]
@@ -120,6 +126,7 @@ class DataReport:
             "root": str(self.root),
             "ok": self.ok,
             "rows": self.rows,
+            "unlabeled": self.unlabeled,
             "images": self.images,
             "seconds": round(self.seconds, 3),
             "max_pixels": self.max_pixels,
@@ -135,36 +142,62 @@ def check_dataset(
     csv: str | Path | None = None,
     classes: Sequence[str] | None = None,
     split_file: str | Path | None = None,
+    unlabeled_root: str | Path | None = None,
     max_pixels: int | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> DataReport:
-    """Check a dataset folder (and a split file) and report every problem at once.
+    """Check a dataset folder (with a split file, and a folder of unlabelled images) and report
+    every problem at once.
 
     Raises DataError only when there is nothing to check (no folder, no readable CSV, missing
     columns). Images are opened in `workers` threads (default: min(32, CPUs + 4)) and refused
-    above `max_pixels` (default `max_image_pixels()`).
+    above `max_pixels` (default `max_image_pixels()`). A split file with a `labeled` column
+    needs a labelled training image of every class.
     """
     started = time.perf_counter()
     report = DataReport(dataset, Path(root), max_pixels=max_pixels or max_image_pixels())
     table = load_table(dataset, root, csv=csv, classes=classes, check_files=False, issues=report)
     report.root, report.rows = table.root, len(table.frame)
-    _check_images(table.frame["path"].tolist(), table.root, report, workers, progress)
+    paths = table.frame["path"].tolist()
+    if unlabeled_root is not None:
+        unlabeled = _unlabeled_images(Path(unlabeled_root).expanduser().resolve(), report)
+        report.unlabeled = len(unlabeled)
+        paths += unlabeled
+    _check_images(paths, table.root, report, workers, progress)
     labels = table.frame["label"].to_numpy()
+    where = "at all"
     if split_file is not None:
         try:
             split = load_split(split_file, table)
+            labeled = load_labeled(split_file, split)
         except DataError as err:
             report.error("bad_split", str(err))
         else:
-            labels = labels[split.to_numpy() == "train"]
+            labels, where = labels[split.to_numpy() == "train"], "in the training split"
+            if labeled is not None:
+                labels, where = labels[labeled.to_numpy()], "labelled in the training split"
     counts = np.bincount(labels, minlength=len(table.classes))
     empty = [name for name, n in zip(table.classes, counts, strict=True) if n == 0]
     if empty:
-        where = "in the training split" if split_file is not None else "at all"
         report.error("class_without_images", f"class(es) with no image {where}", empty)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _unlabeled_images(folder: Path, report: DataReport) -> list[str]:
+    """The image files under a folder of unlabelled images (none, with an error, if it is not
+    a folder or holds no image)."""
+    if not folder.is_dir():
+        report.error("no_unlabeled_images", f"unlabelled image folder not found: {folder}")
+        return []
+    found = [str(path) for path in walk_images(folder)]
+    if not found:
+        report.error(
+            "no_unlabeled_images",
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the unlabelled folder {folder}",
+        )
+    return found
 
 
 def _check_images(

@@ -80,6 +80,9 @@ class Layout:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     recursive: bool = True
     suffix: str = ""
+    # Ids name an image beyond this folder (ISIC ids, APTOS id codes): a file named by one in
+    # another folder (unlabelled images) is taken for that image.
+    global_ids: bool = False
 
 
 LAYOUTS = {
@@ -96,6 +99,7 @@ LAYOUTS = {
             lowercase_labels=True,
             group_column="lesion_id",
             suffix=".jpg",
+            global_ids=True,
         ),
         Layout(
             "aptos",
@@ -110,6 +114,7 @@ LAYOUTS = {
             extensions=(".png", ".jpg", ".jpeg"),
             recursive=False,
             suffix=".png",
+            global_ids=True,
         ),
         Layout(
             "csv",

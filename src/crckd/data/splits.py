@@ -1,7 +1,9 @@
 """Train/val/test splits: stratified by label, grouped so that no lesion crosses sets.
 
 A split is a `pd.Series` indexed by image_id with values "train", "val" or "test". It is saved
-as a CSV next to a run, so that a later evaluation uses exactly the same images.
+as a CSV next to a run, so that a later evaluation uses exactly the same images. A
+semi-supervised run (`data.labeled_fraction`) also keeps which training images keep their
+label: a boolean `pd.Series` indexed by the training image ids, the CSV's `labeled` column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from crckd.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "val", "test")
 SCHEMES = ("auto", "holdout", "kfold")
 _MAX_FOLDS = 20  # finest grid used to approximate a fraction by whole folds
+_TRUE, _FALSE = "true", "false"
 
 
 def make_split(
@@ -75,16 +78,68 @@ def check_no_group_leak(table: ImageTable, split: pd.Series) -> None:
         )
 
 
-def split_csv(split: pd.Series) -> str:
-    """A split as CSV text with the columns image_id,split."""
-    return split.rename("split").rename_axis("image_id").to_csv(header=True)
+def choose_labeled(
+    table: ImageTable, split: pd.Series, fraction: float, seed: int = 2020
+) -> pd.Series:
+    """Which training images keep their label: a stratified, grouped part of about `fraction`
+    of the training split (no lesion both labelled and not), deterministic per seed. Returns a
+    boolean Series indexed by the training image ids, in table order; every class of the
+    training split keeps at least one labelled image (else DataError naming the class)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"data.labeled_fraction must be in (0, 1), got {fraction}")
+    train = split_indices(split, table, "train")
+    labels = table.frame["label"].to_numpy()[train]
+    groups = table.frame["group"].to_numpy()[train]
+    kept = np.zeros(len(train), dtype=bool)
+    kept[_nested_part(labels, groups, fraction, seed)] = True
+    missing = [table.classes[c] for c in np.unique(labels) if not kept[labels == c].any()]
+    if missing:
+        raise DataError(
+            f"data.labeled_fraction={fraction} leaves no labelled training image of class(es) "
+            f"{', '.join(missing)}: raise the fraction"
+        )
+    ids = table.frame["image_id"].to_numpy()[train]
+    return pd.Series(kept, index=pd.Index(ids, name="image_id"), name="labeled")
 
 
-def save_split(split: pd.Series, path: str | Path) -> None:
-    """Write a split as a CSV with the columns image_id,split."""
+def split_csv(split: pd.Series, labeled: pd.Series | None = None) -> str:
+    """A split as CSV text with the columns image_id,split, and labeled (true or false for the
+    training images, empty for the others) when `labeled` is given."""
+    frame = split.rename("split").rename_axis("image_id").to_frame()
+    if labeled is not None:
+        marks = labeled.map({True: _TRUE, False: _FALSE})
+        frame["labeled"] = marks.reindex(frame.index).fillna("")
+    return frame.to_csv(header=True)
+
+
+def save_split(split: pd.Series, path: str | Path, labeled: pd.Series | None = None) -> None:
+    """Write a split as a CSV (see `split_csv`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(split_csv(split))
+    path.write_text(split_csv(split, labeled))
+
+
+def load_labeled(path: str | Path, split: pd.Series) -> pd.Series | None:
+    """The `labeled` column of a split CSV checked against `split` (as `load_split` returned
+    it): true or false for every training image, empty for the others. None when the file has
+    no such column (every training image is labelled)."""
+    path = Path(path)
+    frame = read_csv(path, ("image_id", "split"), optional=("labeled",))
+    if "labeled" not in frame:
+        return None
+    values = frame["labeled"].str.lower()
+    in_train = split.reindex(frame["image_id"]).to_numpy() == "train"
+    expected = np.where(in_train, "true or false (a training image)", "empty (not in training)")
+    bad = np.flatnonzero(np.where(in_train, ~values.isin((_TRUE, _FALSE)), values != ""))
+    if len(bad):
+        row = bad[0]
+        raise DataError(
+            f"{path}, line {csv_line(row)}: labeled {frame['labeled'].iloc[row]!r} should be "
+            f"{expected[row]}"
+        )
+    marks = pd.Series((values == _TRUE).to_numpy(), index=pd.Index(frame["image_id"]))
+    train_ids = split.index[split.to_numpy() == "train"]
+    return marks.reindex(train_ids).rename("labeled").rename_axis("image_id")
 
 
 def load_split(path: str | Path, table: ImageTable) -> pd.Series:
@@ -190,6 +245,15 @@ def _stratified_part(
         raise DataError(f"cannot split {len(labels)} image(s) in {n_groups} group(s)")
     taken, n_folds = _fraction_as_folds(fraction, min(_MAX_FOLDS, n_groups))
     return np.sort(np.concatenate(_folds(labels, groups, n_folds, seed)[:taken]))
+
+
+def _nested_part(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`_stratified_part`, a fraction under 1/_MAX_FOLDS taken as a part of a part (1 % as a
+    fifth of a twentieth), so that a small fraction is met as closely as a large one."""
+    if fraction >= 1 / _MAX_FOLDS:
+        return _stratified_part(labels, groups, fraction, seed)
+    outer = _stratified_part(labels, groups, 1 / _MAX_FOLDS, seed)
+    return outer[_nested_part(labels[outer], groups[outer], fraction * _MAX_FOLDS, seed)]
 
 
 def _keep_every_class_in_train(

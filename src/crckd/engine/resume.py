@@ -29,6 +29,7 @@ RESUMABLE_SETTINGS = frozenset(
     {
         "output_dir",
         "data.root",
+        "data.unlabeled_root",  # its files are checked against the run's unlabeled.csv
         "data.num_workers",
         "data.cache",
         "data.cache_dir",

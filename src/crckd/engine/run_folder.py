@@ -1,7 +1,8 @@
 """The run folder: every file a training run writes, and the rules for reusing a folder.
 
-Layout (a documented format, see docs/run-folder.md): config.yaml, split.csv, data_check.json,
-epochs.csv, metrics.json, per_class.csv, test_predictions.csv, tensorboard/, checkpoints/. A
+Layout (a documented format, see docs/run-folder.md): config.yaml, split.csv, unlabeled.csv,
+data_check.json, epochs.csv, metrics.json, per_class.csv, test_predictions.csv, tensorboard/,
+checkpoints/. A
 failed write (disk full, read-only folder) raises RunFolderError naming the file and the reason;
 the file's previous version is kept.
 """
@@ -39,6 +40,11 @@ class RunFolder:
     @property
     def split(self) -> Path:
         return self.root / "split.csv"
+
+    @property
+    def unlabeled(self) -> Path:
+        """The files of `data.unlabeled_root` the run trains on (path, sha256)."""
+        return self.root / "unlabeled.csv"
 
     @property
     def data_check(self) -> Path:
@@ -113,6 +119,7 @@ class RunFolder:
         names = (
             "config",
             "split",
+            "unlabeled",
             "data_check",
             "epochs",
             "metrics",
@@ -136,8 +143,11 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
 
-    def write_split(self, split: pd.Series) -> None:
-        atomic_write_text(self.split, split_csv(split))
+    def write_split(self, split: pd.Series, labeled: pd.Series | None = None) -> None:
+        atomic_write_text(self.split, split_csv(split, labeled))
+
+    def write_unlabeled(self, table: pd.DataFrame) -> None:
+        atomic_write_text(self.unlabeled, table.to_csv(index=False))
 
     def write_data_check(self, report: dict[str, Any]) -> None:
         atomic_write_text(self.data_check, json.dumps(report, indent=2) + "\n")

@@ -23,13 +23,14 @@ from crckd.data import (
     normalize_images,
     train_transform,
 )
-from crckd.data.cache import DecodedImages
-from crckd.data.samplers import GlobalBatchSampler
+from crckd.data.cache import DecodedImages, JoinedImages
+from crckd.data.samplers import GlobalBatchSampler, SemiBatchSampler
 from crckd.dist import all_gather_uneven, all_reduce_mean, unwrap, world_size
 from crckd.engine.checkpoint import load_checkpoint, save_checkpoint
 from crckd.engine.data import (
     class_weights,
     epoch_seed,
+    labeled_batch_size,
     make_loader,
     prepare_data,
     resolve_workers,
@@ -169,29 +170,37 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":  # fixed image sizes: let cuDNN pick the fastest kernels
             torch.backends.cudnn.benchmark = True
-        resumed_split = self.run.split if resume and self.run.split.is_file() else None
-        self.data = prepare_data(config, split_file=resumed_split)
+        # Labelled images per global batch; None: no unlabelled images, plain global batches.
+        self.labeled_batch_size = labeled_batch_size(config, self.dist.world_size)
+        resumed_split, resumed_unlabeled = (
+            (path if resume and path.is_file() else None)
+            for path in (self.run.split, self.run.unlabeled)
+        )
+        self.data = prepare_data(config, split_file=resumed_split, unlabeled_file=resumed_unlabeled)
+        if self.labeled_batch_size is not None and self.data.n_unlabeled == 0:
+            raise DataError(
+                "no training image is unlabelled (the split file's labeled column keeps every "
+                "label): unset data.labeled_fraction for a supervised run"
+            )
         spec = get_method(config.method.name)
-        train_labels = self.data.labels(self.data.train)
+        # A method that cannot learn from unlabelled images trains on the labelled part of the
+        # same batches (the supervised baseline of the same labels).
+        self.labeled_only = (
+            self.labeled_batch_size is not None and not spec.cls.learns_from_unlabeled
+        )
+        train_labels = self.data.train_labels()
         weights = (
             class_weights(train_labels, self.data.classes) if train_cfg.class_weights else None
         )
         self.normalization = input_normalization(config.model.backbone, config.model.pretrained)
         self.frozen_teacher = _frozen_teacher(config.method.teacher, self.data.classes)
         # Optimiser steps per epoch: the global batches of an epoch (the same in every epoch).
-        self.steps_per_epoch = len(
-            GlobalBatchSampler(
-                len(self.data.train),
-                train_cfg.batch_size,
-                seed=train_cfg.seed,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-            )
-        )
+        self.steps_per_epoch = len(self._sampler(train_cfg.seed))
         if self.steps_per_epoch == 0:
+            labeled = "" if self.labeled_batch_size is None else "labelled "
             raise DataError(
-                f"the training split has {len(self.data.train)} images: too few for one batch "
-                f"that gives each of the {self.dist.world_size} processes at least 2"
+                f"the training split has {self.data.n_labeled} {labeled}images: too few for one "
+                f"batch that gives each of the {self.dist.world_size} processes at least 2"
             )
         context = MethodContext(
             num_classes=len(self.data.classes),
@@ -222,9 +231,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.kappa = resolve_kappa_weights(train_cfg.kappa_weights, self.data.table.ordinal)
         self.workers = resolve_workers(config.data.num_workers, self.device)
-        self.decoded = None
+        self.decoded = self.decoded_unlabeled = None
         if config.data.cache:
-            self.decoded = self._open_cache()
+            self.decoded = self._open_cache(self.data.table.frame["path"].tolist())
+            if self.data.unlabeled is not None and not self.labeled_only:
+                self.decoded_unlabeled = self._open_cache(self.data.unlabeled.paths)
         self.loaders = self._make_eval_loaders()
         self._train: torch.utils.data.DataLoader | None = None
         self.optimizer = torch.optim.Adam(
@@ -252,9 +263,8 @@ class Trainer:
                 self.lock.release()
             raise
 
-    def _open_cache(self) -> DecodedImages:
-        """The decoded cache, built by the main process while the others wait."""
-        paths = self.data.table.frame["path"].tolist()
+    def _open_cache(self, paths: list[str]) -> DecodedImages:
+        """The decoded cache of `paths`, built by the main process while the others wait."""
         data = self.config.data
 
         def open_cache() -> DecodedImages:
@@ -302,23 +312,45 @@ class Trainer:
         run seed and the epoch only); one loader, whose workers persist across epochs."""
         if self._train is None:
             self._train = make_loader(
-                self.data.paths(self.data.train),
-                self.data.labels(self.data.train),
+                self.data.train_paths(),
+                self.data.train_labels(),
                 train_transform(self.config.data.image_size, to_float=False),
                 batch_size=self.config.train.batch_size,
                 shuffle=True,
                 num_workers=self.workers,
                 views=self.method.views,
                 pin_memory=self.device.type == "cuda",
-                images=self._decoded(self.data.train),
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
+                images=self._train_images(),
+                batch_sampler=self._sampler(self.config.train.seed),
             )
         self._train.batch_sampler.set_seed(epoch_seed(self.config.train.seed, epoch))
         return self._train
 
+    def _sampler(self, seed: int) -> GlobalBatchSampler | SemiBatchSampler:
+        """This rank's sampler of the training list's batches: global batches of the training
+        images, or, with unlabelled images, `labeled_batch_size` labelled ones completed with
+        unlabelled ones (only the labelled part for a method that cannot use the rest)."""
+        common = {"seed": seed, "rank": self.dist.rank, "world_size": self.dist.world_size}
+        if self.labeled_batch_size is None:
+            return GlobalBatchSampler(len(self.data.train), self.config.train.batch_size, **common)
+        return SemiBatchSampler(
+            self.data.n_labeled,
+            self.data.n_unlabeled,
+            self.config.train.batch_size,
+            self.labeled_batch_size,
+            labeled_only=self.labeled_only,
+            **common,
+        )
+
     def _decoded(self, positions: np.ndarray) -> DecodedImages | None:
         return None if self.decoded is None else self.decoded.subset(positions)
+
+    def _train_images(self) -> DecodedImages | JoinedImages | None:
+        """The decoded images of the training list (None without the cache)."""
+        table_images = self._decoded(self.data.train)
+        if self.decoded_unlabeled is None:
+            return table_images
+        return JoinedImages([table_images, self.decoded_unlabeled])
 
     def fit(self) -> RunResult:
         """Train all remaining epochs, then test the model selected on the validation split;
@@ -397,7 +429,9 @@ class Trainer:
             if state is not None:
                 settle_run(self.run, state)
             else:
-                self.run.write_split(self.data.split)
+                self.run.write_split(self.data.split, self.data.labeled)
+                if self.data.unlabeled is not None:
+                    self.run.write_unlabeled(self.data.unlabeled.to_frame())
         return new_progress() if state is None else state
 
     def _run_epoch(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -551,7 +585,9 @@ class Trainer:
     def _notes(self, state: dict[str, Any]) -> list[str]:
         """What to say before training: where a resumed run stands, and settings that may
         surprise (terms that never switch on, a teacher trained at another image size)."""
-        notes = []
+        notes = list(self.data.notes)
+        if self.labeled_batch_size is not None:
+            notes.append(self._batches_note())
         done = state["epoch"]
         if self.resume and done > 0:
             notes.append(
@@ -571,6 +607,24 @@ class Trainer:
         if self.frozen_teacher is not None:
             notes += self.frozen_teacher.notes(self.config.data.image_size)
         return notes
+
+    def _batches_note(self) -> str:
+        """What a batch and an epoch of a run with unlabelled images hold."""
+        labeled, batch = self.labeled_batch_size, self.config.train.batch_size
+        epoch = (
+            f"an epoch is one pass over the {self.data.n_labeled} labelled images "
+            f"({self.steps_per_epoch} steps)"
+        )
+        if self.labeled_only:
+            return (
+                f"{self.config.method.name} does not learn from unlabelled images: it trains on "
+                f"the labelled images only, {labeled} per batch (the labelled part of the "
+                f"batches of {batch}); {epoch}"
+            )
+        return (
+            f"each batch holds {labeled} labelled and {batch - labeled} unlabelled images (of "
+            f"{self.data.n_unlabeled}); {epoch}"
+        )
 
     def _student_state(self, kind: str, epoch: int) -> dict[str, Any]:
         """What every checkpoint holds: enough to rebuild and run the student."""

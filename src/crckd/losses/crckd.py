@@ -48,15 +48,20 @@ def sigmoid_rampup(current: float, length: float) -> float:
 def class_centroids(memory: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """CRP anchors c_k = normalize(mean_{j: y_j = k} ReLU(M_j)), shape [C, D] (§b CRP, §f.7).
 
-    The ReLU before averaging is the reference's choice, kept for faithfulness. A class with no
-    rows in ``memory`` gets an all-zero centroid, so its relation logit is 0 for every anchor.
+    The ReLU before averaging is the reference's choice, kept for faithfulness. A row with a
+    label < 0 (an unlabelled image without a pseudo-label) belongs to no class and is left out.
+    A class with no rows gets an all-zero centroid, so its relation logit is 0 for every anchor.
     The result is detached: centroids are constants for the CRP loss.
     """
     rows = memory.detach().relu()
     labels = labels.to(device=rows.device, dtype=torch.long)
-    sums = rows.new_zeros(num_classes, rows.shape[1]).index_add_(0, labels, rows)
+    # Rows without a class are added to class 0 with weight 0: masking by a product, since
+    # boolean indexing would read the mask back to the host.
+    member = (labels >= 0).to(rows.dtype)
+    classes = labels.clamp(min=0)
+    sums = rows.new_zeros(num_classes, rows.shape[1]).index_add_(0, classes, rows * member[:, None])
     # Counted by index_add_, not bincount, which reads the labels' maximum back to the host.
-    counts = rows.new_zeros(num_classes).index_add_(0, labels, rows.new_ones(len(labels)))
+    counts = rows.new_zeros(num_classes).index_add_(0, classes, member)
     means = sums / counts.clamp(min=1).unsqueeze(1)
     return F.normalize(means, dim=1)
 

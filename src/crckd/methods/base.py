@@ -28,13 +28,18 @@ from crckd.methods.frozen_teacher import FrozenTeacher
 from crckd.methods.schedule import PAPER_SCHEDULE, Schedule, describe_schedule, resolve_schedule
 from crckd.models import Classifier
 
+# The label of an unlabelled image, in a batch and in `MethodContext.train_labels`.
+UNLABELED = -1
+
 
 @dataclass(frozen=True)
 class MethodContext:
     """What a method may know about the data: derived from the training split, never typed in."""
 
     num_classes: int
+    # One label per training image the method trains on (memory-bank row), -1 if unlabelled.
     train_labels: np.ndarray
+    # From the labelled images only.
     class_weights: Tensor | None
     epochs: int
     image_size: int = 224
@@ -49,6 +54,10 @@ class Method(nn.Module):
     """Base class: weighted cross-entropy on the student only (the `ce` baseline)."""
 
     views: ClassVar[int] = 1
+    # Whether the method trains on unlabelled images (label -1 in a batch and in
+    # `MethodContext.train_labels`); the trainer gives them only to a method that says so.
+    # Plain CE has nothing to learn from them.
+    learns_from_unlabeled: ClassVar[bool] = False
     # The loss whose keyword arguments `method.distill.params` sets; None: the method takes none.
     loss_function: ClassVar[Callable[..., Any] | None] = None
     # The schedule values (EMA decay, begin epochs, ramps) of the method's paper, at 80 epochs.
@@ -86,16 +95,29 @@ class Method(nn.Module):
         self.generator.manual_seed(seed)
 
     def cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Class-weighted CE, mean normalised by the weights as in PyTorch (§b losses).
+        """Class-weighted CE over the labelled rows, mean normalised by their weights as in
+        PyTorch (§b losses); a row labelled -1 (an unlabelled image) adds nothing.
 
-        Under DDP the normaliser is the whole global batch's weight, so that the gradient DDP
-        averages over the ranks is the one a single process gets from the global batch.
+        Under DDP the normaliser is the weight of the whole global batch's labelled rows, so
+        that the gradient DDP averages over the ranks is the one a single process gets from the
+        global batch. A batch without labelled rows (globally, under DDP) gives 0, not 0/0.
         """
-        if self.class_weights is None or world_size() == 1:
-            return F.cross_entropy(logits, labels, weight=self.class_weights)
-        summed = F.cross_entropy(logits, labels, weight=self.class_weights, reduction="sum")
-        weight = self.class_weights[labels.to(self.class_weights.device)].sum()
-        return summed / all_reduce_mean(weight)  # = world size x summed / global weight
+        weights = self.class_weights
+        labelled = labels >= 0
+        if world_size() == 1:
+            loss = F.cross_entropy(logits, labels, weight=weights, ignore_index=UNLABELED)
+            # Selected, not masked: an all-ignored mean is NaN, and NaN * 0 is NaN too.
+            return torch.where(labelled.any(), loss, loss.new_zeros(()))
+        summed = F.cross_entropy(
+            logits, labels, weight=weights, ignore_index=UNLABELED, reduction="sum"
+        )
+        if weights is None:
+            weight = labelled.sum(dtype=summed.dtype)
+        else:
+            classes = labels.clamp(min=0).to(weights.device)
+            weight = (weights[classes] * labelled.to(weights.device, weights.dtype)).sum()
+        weight = all_reduce_mean(weight)  # = global weight / world size
+        return summed / torch.where(weight > 0, weight, torch.ones_like(weight))
 
     def training_losses(
         self, batch: dict[str, Tensor], epoch: int, weights: dict[str, float]

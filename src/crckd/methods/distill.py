@@ -118,6 +118,7 @@ def _paper(name: str, summary: str, reference: str, weight: float) -> Callable[[
 class DecoupledKD(Distiller):
     term = "dkd"
     loss_function = staticmethod(dkd_loss)
+    learns_from_unlabeled = False  # its term splits each image's logits at its label
     paper_schedule = dataclasses.replace(PAPER_SCHEDULE, distill_warmup=20.0)  # its 20 epochs
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:

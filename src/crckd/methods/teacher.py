@@ -38,6 +38,9 @@ class TeacherMethod(Method):
     """
 
     ema_view: ClassVar[str] = "same"
+    # CE skips an unlabelled image; the teacher terms (KD, the consistency and relation terms
+    # of the subclasses) need no label, so every image counts in them.
+    learns_from_unlabeled: ClassVar[bool] = True
 
     def __init__(self, student: Classifier, config: MethodConfig, context: MethodContext) -> None:
         super().__init__(student, config, context)
