@@ -157,8 +157,11 @@ def test_a_semi_supervised_run_on_two_ranks_matches_one_process(tmp_path):
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     single_dir.mkdir()
     ddp_dir.mkdir()
-    (single,) = launch(1, single_dir, [*common, f"output_dir={single_dir / 'run'}"])
-    rank0, rank1 = launch(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+    ranks = start_ranks(2, ddp_dir, [*common, f"output_dir={ddp_dir / 'run'}"])
+    try:
+        single = train_and_describe([*common, f"output_dir={single_dir / 'run'}"])
+    finally:
+        rank0, rank1 = collect(ranks)
     # Each rank takes its contiguous share of the one-process batch (and so of each part).
     assert rank0["first_batch"] + rank1["first_batch"] == single["first_batch"]
     for key, value in single["method"].items():
