@@ -1,6 +1,7 @@
 """The method registry and `crckd methods`."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,12 @@ def test_methods_command_lists_every_method(capsys):
     assert "defaults: method.crp.weight=0.0" in out  # mt+ccd
     for spec in available_methods():
         assert spec.name in out
+    # Each method's entry says what it does with unlabelled images.
+    entries = {block.split()[0]: block for block in re.split(r"\n(?=\S)", out)}
+    assert "with unlabelled images: uses the labelled only" in entries["ce"]
+    assert "with unlabelled images: uses the labelled only" in entries["dkd"]
+    assert "with unlabelled images: learns from them too" in entries["crckd"]
+    assert "with unlabelled images: learns from them too" in entries["src_mt"]
 
 
 def test_methods_into_a_closed_pipe_exits_quietly():

@@ -169,6 +169,10 @@ def _cmd_methods(args: argparse.Namespace) -> None:
             print(f"{'':<{width}}  defaults: {listed}")
         for mode, schedule in method_schedules(spec).items():
             print(f"{'':<{width}}  schedule={mode}: {schedule}")
+        unlabeled = (
+            "learns from them too" if spec.cls.learns_from_unlabeled else "uses the labelled only"
+        )
+        print(f"{'':<{width}}  with unlabelled images: {unlabeled}")
 
 
 def build_parser() -> argparse.ArgumentParser:
