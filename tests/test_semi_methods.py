@@ -284,3 +284,24 @@ def test_a_step_with_unlabelled_images_never_reads_the_device(
 def test_host_copy_gives_the_tensor_back() -> None:
     tensor = torch.tensor([[3, 4], [1, -1]])
     assert torch.equal(HostCopy(tensor).get(), tensor)
+
+
+# --- CCD directions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("teacher_side", [True, False])
+def test_ccd_teacher_side_decides_whether_the_teacher_head_learns(teacher_side: bool) -> None:
+    """L_CCD^(T) is the only term that reaches the teacher's projection head."""
+    method = make_method(
+        "crckd", "method.crp.weight=0", "method.consistency.weight=0",
+        f"method.ccd.teacher_side={str(teacher_side).lower()}",
+    )  # fmt: skip
+    batch = make_batch(labels=(0, 1, 2, 0), index=(0, 1, 2, 3))
+    weights = {**method.loss_weights(0), "ccd": 1.0}
+    method.training_losses(batch, 0, weights)  # first call sets the NCE constants Z
+    terms = method.training_losses(batch, 0, weights)
+    terms["ccd"].backward()
+    grads = [p.grad for p in method.embed_teacher.parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert reached == teacher_side
+    assert all(p.grad.abs().sum() > 0 for p in method.embed_student.parameters())

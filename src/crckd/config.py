@@ -112,6 +112,9 @@ class CCDConfig(_Section):
     temperature: float = Field(0.07, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1)
     embed_dim: int = Field(128, gt=0)
+    teacher_side: bool = Field(
+        True, description="also L_CCD^(T): the teacher's embedding against the student bank"
+    )
 
 
 class CRPConfig(_Section):

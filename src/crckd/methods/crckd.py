@@ -144,7 +144,8 @@ class CRCKD(MeanTeacher):
             contrast = self.contrast_indices(index)
             h_s, h_t = self.memory.scores(emb_s, emb_t, contrast)
             ccd_s, ccd_t = ccd_loss(h_s, h_t, self.sampler.num_positives, self.memory.n_data)
-            terms["ccd"] = ccd_s + ccd_t
+            # L_CCD^(T) trains the teacher's projection head only (whose rows fill M^T).
+            terms["ccd"] = ccd_s + ccd_t if self.config.ccd.teacher_side else ccd_s
         self.memory.update(emb_s.detach(), emb_t.detach(), index)
         if self.pseudo_labelling:
             self.pseudo_label(teacher.logits, index)
