@@ -2,12 +2,18 @@
 comparison.csv a `crckd compare` wrote (for comparisons whose run folders are gone).
 
     python bench/paired_intervals.py bench/results/cpu_protocol/ham10000/comparison.csv
+
+Several comparisons of the same seeds can be read together: `PATH@LABEL` appends " (LABEL)" to
+the method names of that file, e.g. the semi-supervised runs against CE on all labels:
+
+    python bench/paired_intervals.py bench/results/semi/ham10000_labels_20pct/comparison.csv \
+        "bench/results/cpu_protocol/ham10000/comparison.csv@all labels" \
+        --reference "ce (all labels)"
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -32,12 +38,24 @@ def interval_table(frame: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_comparisons(specs: list[str]) -> pd.DataFrame:
+    """The rows of every `PATH` or `PATH@LABEL` comparison.csv, LABEL appended to its methods."""
+    frames = []
+    for spec in specs:
+        path, _, label = spec.partition("@")
+        frame = pd.read_csv(path)
+        if label:
+            frame["method"] = frame["method"] + f" ({label})"
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comparison_csv", type=Path)
+    parser.add_argument("comparison_csv", nargs="+", help="PATH or PATH@LABEL")
     parser.add_argument("--reference", default="ce")
     args = parser.parse_args()
-    print(interval_table(pd.read_csv(args.comparison_csv), args.reference), end="")
+    print(interval_table(read_comparisons(args.comparison_csv), args.reference), end="")
 
 
 if __name__ == "__main__":

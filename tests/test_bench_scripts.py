@@ -103,6 +103,20 @@ def test_paired_intervals_reads_a_comparison_csv(tmp_path):
     assert "+0.000 [" in by_method["mt"] and "better" not in by_method["mt"]
 
 
+def test_paired_intervals_pairs_the_seeds_of_two_comparisons(tmp_path):
+    header = "method,seed,fold,balanced_accuracy,f1_macro,auc_macro,kappa\n"
+    few, many = tmp_path / "few.csv", tmp_path / "many.csv"
+    few.write_text(header + "".join(f"mt,{s},,{0.5 + s / 100},0,0,0\n" for s in range(3)))
+    many.write_text(header + "".join(f"ce,{s},,{0.7 + s / 50},0,0,0\n" for s in range(3)))
+    module = bench_module("paired_intervals")
+    frame = module.read_comparisons([str(few), f"{many}@all labels"])
+    assert sorted(set(frame["method"])) == ["ce (all labels)", "mt"]
+    table = module.interval_table(frame, "ce (all labels)")
+    row = next(line for line in table.splitlines() if line.startswith("| mt |"))
+    # Paired by seed: -0.20, -0.21, -0.22, mean -0.21.
+    assert "**-0.210 [" in row and "worse" in row
+
+
 def test_long_run_records_memory_files_and_folder_size_per_epoch(tmp_path):
     out = tmp_path / "long_run.json"
     command = [sys.executable, str(REPO / "bench" / "long_run.py"), "--epochs", "3"]
