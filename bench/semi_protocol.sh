@@ -22,6 +22,6 @@ for fraction in 0.2 0.1; do
       "data.labeled_fraction=$fraction" --methods ce mt src_mt crckd --seeds 0 1 2 \
       --out "$out/$name"
   mkdir -p "$results/$name"
-  cp "$out/$name"/{comparison.csv,comparison.md,differences.csv,bootstrap.csv} "$results/$name/"
+  cp "$out/$name"/{comparison.csv,comparison.md,comparison.png,differences.csv,bootstrap.csv} "$results/$name/"
 done
 echo "total wall time: $(( $(date +%s) - start )) s"
