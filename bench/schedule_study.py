@@ -1,8 +1,14 @@
-"""Validation table of bench/schedule_study.sh: each run's validation metrics at its selected
-epoch (the best validation balanced accuracy, as the trainer selects), and the differences
-paired by seed with 95 % t intervals. Reads only `epochs.csv` (`val_*` columns).
+"""Validation table of bench/schedule_study.sh (and of bench/crckd_study_confirm.sh): each
+run's validation metrics at its selected epoch (the best validation balanced accuracy, as the
+trainer selects), and the differences paired by seed with 95 % t intervals. Reads only
+`epochs.csv` (`val_*` columns).
 
     python bench/schedule_study.py runs/study
+    python bench/schedule_study.py runs/study --seeds 1 2 3 --run "ce=ema_paper/ce" \\
+        --run "crckd, defaults=ema_paper/crckd" --run "crckd, best trial=tuned/crckd"
+
+Given `--run LABEL=FOLDER` (FOLDER under the root, holding seed<N>/epochs.csv), each run is
+compared with every run given before it; without, the EMA-decay study's three runs and pairs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ RUNS = {
 }
 METRICS = ("balanced_accuracy", "f1_macro", "kappa")
 SEEDS = (0, 1, 2)
+PAIRS = ((1, 0), (0, 2), (1, 2))  # indices into RUNS: (run, minus run)
 
 
 def selected(epochs_csv: Path) -> dict[str, float]:
@@ -30,25 +37,33 @@ def selected(epochs_csv: Path) -> dict[str, float]:
     return {metric: float(log[f"val_{metric}"][best]) for metric in METRICS}
 
 
-def tables(root: Path) -> str:
+def tables(
+    root: Path,
+    runs: dict[str, str] = RUNS,
+    seeds: tuple[int, ...] = SEEDS,
+    pairs: tuple[tuple[int, int], ...] = PAIRS,
+) -> str:
+    """The per-seed table of `runs` (label -> folder under `root`) and the paired differences
+    `pairs` (indices into `runs`)."""
     scores = {
         (name, seed): selected(root / folder / f"seed{seed}" / "epochs.csv")
-        for name, folder in RUNS.items()
-        for seed in SEEDS
+        for name, folder in runs.items()
+        for seed in seeds
     }
-    lines = ["| run (validation balanced accuracy) | seed 0 | seed 1 | seed 2 | mean |"]
-    lines.append("|---|---|---|---|---|")
-    for name in RUNS:
-        values = [scores[(name, seed)]["balanced_accuracy"] for seed in SEEDS]
+    header = " | ".join(f"seed {seed}" for seed in seeds)
+    lines = [f"| run (validation balanced accuracy) | {header} | mean |"]
+    lines.append("|---|" + "---|" * (len(seeds) + 1))
+    for name in runs:
+        values = [scores[(name, seed)]["balanced_accuracy"] for seed in seeds]
         cells = " | ".join(f"{v:.3f}" for v in values)
         lines.append(f"| {name} | {cells} | {sum(values) / len(values):.3f} |")
     lines += ["", "| difference, paired by seed | " + " | ".join(METRICS) + " |"]
     lines.append("|---|" + "---|" * len(METRICS))
-    names = list(RUNS)
-    for a, b in ((names[1], names[0]), (names[0], names[2]), (names[1], names[2])):
+    names = list(runs)
+    for a, b in ((names[i], names[j]) for i, j in pairs):
         cells = []
         for metric in METRICS:
-            diffs = [scores[(a, s)][metric] - scores[(b, s)][metric] for s in SEEDS]
+            diffs = [scores[(a, s)][metric] - scores[(b, s)][metric] for s in seeds]
             i = t_interval(diffs)
             cells.append(f"{i.mean:+.3f} [{i.low:+.3f}, {i.high:+.3f}] {i.verdict}")
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
@@ -58,7 +73,15 @@ def tables(root: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="OUT_DIR of bench/schedule_study.sh")
-    print(tables(parser.parse_args().root), end="")
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=FOLDER")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    args = parser.parse_args()
+    if not args.run:
+        print(tables(args.root, seeds=tuple(args.seeds)), end="")
+        return
+    runs = dict(spec.rsplit("=", 1) for spec in args.run)
+    pairs = tuple((i, j) for i in range(1, len(runs)) for j in range(i))
+    print(tables(args.root, runs, tuple(args.seeds), pairs), end="")
 
 
 if __name__ == "__main__":

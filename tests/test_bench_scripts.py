@@ -152,3 +152,43 @@ def test_schedule_study_table_reads_the_selected_validation_epoch(tmp_path):
     paper_vs_ce = next(line for line in table.splitlines() if "(paper) - ce" in line)
     assert "+0.100 [+0.100, +0.100] better" in paper_vs_ce  # balanced accuracy
     assert paper_vs_ce.endswith("+0.000 [+0.000, +0.000] within noise |")  # kappa: epoch 1 both
+
+
+def test_schedule_study_table_compares_each_given_run_with_those_before_it(tmp_path):
+    for folder, base in (("a", 0.5), ("b", 0.6), ("c", 0.8)):
+        for seed in (1, 3):
+            run = tmp_path / folder / f"seed{seed}"
+            run.mkdir(parents=True)
+            b = base + 0.01 * seed
+            (run / "epochs.csv").write_text(
+                f"epoch,val_balanced_accuracy,val_f1_macro,val_kappa\n0,{b},{b},{b}\n"
+            )
+    runs = {"A": "a", "B": "b", "C": "c"}
+    table = bench_module("schedule_study").tables(tmp_path, runs, (1, 3), ((1, 0), (2, 0), (2, 1)))
+    assert "| run (validation balanced accuracy) | seed 1 | seed 3 | mean |" in table
+    assert "| C | 0.810 | 0.830 | 0.820 |" in table
+    assert "| C - B | +0.200 [+0.200, +0.200] better" in table
+    assert "| B - A | +0.100 [+0.100, +0.100] better" in table
+
+
+def test_study_findings_correlate_each_key_with_the_objective_over_finished_trials(tmp_path):
+    trials = pd.DataFrame(
+        {
+            "trial": range(6),
+            "state": ["complete"] * 5 + ["pruned"],
+            "value": [0.50, 0.55, 0.60, 0.65, 0.70, 0.10],
+            "epochs": [6] * 5 + [2],
+            "method.ccd.weight": [0.01, 0.1, 0.2, 0.5, 1.0, 5.0],  # rises with the value
+            "method.crp.weight": [3.0, 2.0, 1.0, 0.5, 0.1, 9.0],  # falls with it
+            "method.ccd.teacher_side": [True, False, True, False, True, False],
+            "run_dir": [f"trials/trial-{i:04d}" for i in range(6)],
+            "note": [""] * 6,
+        }
+    )
+    trials.to_csv(tmp_path / "trials.csv", index=False)
+    text = bench_module("study_findings").findings(tmp_path)
+    assert text.startswith("6 trials: 5 complete, 1 pruned. Objective over the finished ones: ")
+    assert "best 0.7000 (trial 4), median 0.6000, worst 0.5000" in text
+    assert "| `method.ccd.weight` | 0.01 to 1 | 1 | rho +1.00 (p 0.00) |" in text  # pruned out
+    assert "| `method.crp.weight` | 0.1 to 3 | 0.1 | rho -1.00 (p 0.00) |" in text
+    assert "False: mean 0.600 (n 2), True: mean 0.600 (n 3)" in text
