@@ -264,3 +264,13 @@ def test_a_killed_study_continues_to_the_result_of_an_uninterrupted_one(colour_h
     columns = ["value", "train.lr", "method.name"]
     pd.testing.assert_frame_equal(done[columns], expected[columns])
     assert read_yaml(killed / "best.yaml") == read_yaml(reference / "best.yaml")
+    # The pruner saw every epoch of the resumed trial, those before the kill too.
+    assert intermediate_values(killed, 2) == intermediate_values(reference, 1)
+    assert list(intermediate_values(killed, 2)) == [0, 1]
+
+
+def intermediate_values(out: Path, number: int) -> dict[int, float]:
+    """The per-epoch values trial `number` of the study in `out` reported to the pruner."""
+    storage = f"sqlite:///{out / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).trials[number].intermediate_values

@@ -68,8 +68,9 @@ LOG_SECONDS = 60.0
 TIMING_COLUMNS = ("train_seconds", "data_wait_seconds")
 
 
-# Called after each epoch's files are written, with the epoch (0-based) and its epochs.csv row;
-# whatever it raises ends the run there (`crckd tune` prunes trials this way).
+# Called after each epoch's files are written, with the epoch (0-based) and its epochs.csv row
+# (a resumed run first calls it for each epoch its checkpoint holds, so that the callback sees
+# the whole run); whatever it raises ends the run there (`crckd tune` prunes trials this way).
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
@@ -376,6 +377,9 @@ class Trainer:
             else None
         )
         try:
+            if self.on_epoch_end is not None:  # resumed: first the epochs the checkpoint holds
+                for epoch, record in enumerate(state["history"]):
+                    self.on_epoch_end(epoch, record)
             for epoch in range(state["epoch"], self.epochs):
                 try:
                     record = self._run_epoch(epoch, state)
