@@ -192,3 +192,19 @@ def test_study_findings_correlate_each_key_with_the_objective_over_finished_tria
     assert "| `method.ccd.weight` | 0.01 to 1 | 1 | rho +1.00 (p 0.00) |" in text  # pruned out
     assert "| `method.crp.weight` | 0.1 to 3 | 0.1 | rho -1.00 (p 0.00) |" in text
     assert "False: mean 0.600 (n 2), True: mean 0.600 (n 3)" in text
+
+
+def test_early_validation_ranks_each_epoch_against_the_runs_best(tmp_path):
+    # Epoch 1 orders the runs backwards, epoch 2 as their best; the short run is left out.
+    curves = {"a": [0.5, 0.3, 0.6], "b": [0.4, 0.4, 0.7], "c": [0.3, 0.5, 0.8], "d": [0.9, 0.1]}
+    runs = []
+    for name, values in curves.items():
+        run = tmp_path / name
+        run.mkdir()
+        rows = "".join(f"{e},{v}\n" for e, v in enumerate(values))
+        (run / "epochs.csv").write_text("epoch,val_balanced_accuracy\n" + rows)
+        runs.append(run)
+    module = bench_module("early_validation")
+    text = module.early_ranking(module.validation_curves(runs, "balanced_accuracy"))
+    assert text.startswith("3 runs of 3 epochs.")
+    assert "| 1 | -1.00 |" in text and "| 2 | +1.00 |" in text

@@ -125,6 +125,23 @@ def test_an_interrupted_trial_runs_again_with_its_values_and_folder(tmp_path, mo
     assert result.best_value == 0.5 and result.best_params == {"train.lr": runs[0][1]}
 
 
+def test_the_default_pruner_judges_no_trial_in_the_first_third_of_its_epochs():
+    study = optuna.create_study(direction="maximize", pruner=tune_module.default_pruner(True, 6))
+    for _ in range(5):  # the median pruner's start-up trials, all better than the next one
+        good = study.ask()
+        for epoch in range(6):
+            good.report(0.9, epoch)
+        study.tell(good, 0.9)
+    poor = study.ask()
+    judged = []
+    for epoch in range(3):
+        poor.report(0.1, epoch)
+        judged.append(poor.should_prune())
+    assert judged == [False, False, True]  # epochs 1 and 2 of 6 are not judged, epoch 3 is
+    never = optuna.create_study(pruner=tune_module.default_pruner(False, 6))
+    assert isinstance(never.pruner, optuna.pruners.NopPruner)
+
+
 @pytest.mark.slow
 def test_without_test_evaluation_no_test_image_is_opened(colour_ham, tmp_path, monkeypatch):
     opened: list[str] = []

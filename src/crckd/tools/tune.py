@@ -161,8 +161,8 @@ def tune(
     `base` is the raw config (YAML and overrides), `metric` the validation metric maximised
     (default: the config's train.select_metric, which every trial then selects its epoch by).
     `sampler` is "tpe" or "random"; with a `seed`, the study is reproducible, also across a
-    kill and a restart. `pruner` (default Optuna's MedianPruner, none without `prune`) stops
-    poor trials by their per-epoch validation metric.
+    kill and a restart. `pruner` (default: `default_pruner`) stops poor trials by their
+    per-epoch validation metric.
     """
     if trials < 1:
         raise ConfigError(f"--trials must be 1 or more, got {trials}")
@@ -194,7 +194,7 @@ def tune(
                 trials,
                 sampler,
                 seed,
-                pruner if pruner is not None else _default_pruner(prune),
+                pruner if pruner is not None else default_pruner(prune, config.train.epochs),
             )
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -229,8 +229,13 @@ def _optimize(
     return run.write_reports()
 
 
-def _default_pruner(prune: bool) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner()
+def default_pruner(prune: bool, epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's MedianPruner, judging no trial in the first third of its epochs: there the
+    validation metric does not yet rank runs by their final value (docs/tune.md, measured with
+    bench/early_validation.py); without `prune`, none."""
+    if not prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_warmup_steps=epochs // 3)
 
 
 def _sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
