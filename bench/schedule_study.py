@@ -4,8 +4,8 @@ trainer selects), and the differences paired by seed with 95 % t intervals. Read
 `epochs.csv` (`val_*` columns).
 
     python bench/schedule_study.py runs/study
-    python bench/schedule_study.py runs/study --seeds 1 2 3 --run "ce=ema_paper/ce" \\
-        --run "crckd, defaults=ema_paper/crckd" --run "crckd, best trial=tuned/crckd"
+    python bench/schedule_study.py runs/crckd_study_confirm --seeds 1 2 3 --run "ce=defaults/ce" \\
+        --run "crckd, defaults=defaults/crckd" --run "crckd, best trial=tuned/crckd"
 
 Given `--run LABEL=FOLDER` (FOLDER under the root, holding seed<N>/epochs.csv), each run is
 compared with every run given before it; without, the EMA-decay study's three runs and pairs.
