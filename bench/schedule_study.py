@@ -30,6 +30,11 @@ SEEDS = (0, 1, 2)
 PAIRS = ((1, 0), (0, 2), (1, 2))  # indices into RUNS: (run, minus run)
 
 
+def pairs_with_earlier(count: int) -> tuple[tuple[int, int], ...]:
+    """Each run's index paired with the index of every run before it: (1, 0), (2, 0), (2, 1)..."""
+    return tuple((i, j) for i in range(1, count) for j in range(i))
+
+
 def selected(epochs_csv: Path) -> dict[str, float]:
     """Validation metrics of the epoch with the best validation balanced accuracy."""
     log = pd.read_csv(epochs_csv)
@@ -80,8 +85,7 @@ def main() -> None:
         print(tables(args.root, seeds=tuple(args.seeds)), end="")
         return
     runs = dict(spec.rsplit("=", 1) for spec in args.run)
-    pairs = tuple((i, j) for i in range(1, len(runs)) for j in range(i))
-    print(tables(args.root, runs, tuple(args.seeds), pairs), end="")
+    print(tables(args.root, runs, tuple(args.seeds), pairs_with_earlier(len(runs))), end="")
 
 
 if __name__ == "__main__":

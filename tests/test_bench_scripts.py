@@ -164,7 +164,9 @@ def test_schedule_study_table_compares_each_given_run_with_those_before_it(tmp_p
                 f"epoch,val_balanced_accuracy,val_f1_macro,val_kappa\n0,{b},{b},{b}\n"
             )
     runs = {"A": "a", "B": "b", "C": "c"}
-    table = bench_module("schedule_study").tables(tmp_path, runs, (1, 3), ((1, 0), (2, 0), (2, 1)))
+    module = bench_module("schedule_study")
+    assert module.pairs_with_earlier(3) == ((1, 0), (2, 0), (2, 1))
+    table = module.tables(tmp_path, runs, (1, 3), module.pairs_with_earlier(3))
     assert "| run (validation balanced accuracy) | seed 1 | seed 3 | mean |" in table
     assert "| C | 0.810 | 0.830 | 0.820 |" in table
     assert "| C - B | +0.200 [+0.200, +0.200] better" in table
