@@ -229,3 +229,31 @@ def test_a_config_saved_before_the_relative_schedule_is_the_same_run():
         load_config(overrides=["method.name=dkd", "method.schedule=relative"])
     )
     assert "method.ema.decay: 0.99 -> None" in training_changes(saved, relative)
+
+
+def test_configs_saying_one_schedule_in_other_units_are_the_same_run():
+    """A start given as a fraction, or derived by the relative mode, is the same setting as
+    the epoch it resolves to for the run's length (compare met this reusing earlier runs);
+    the same fraction of a longer run is not."""
+
+    def config(*overrides: str) -> dict:
+        return config_to_dict(load_config(overrides=["method.name=crckd", *overrides]))
+
+    in_epochs = config("train.epochs=8", "method.consistency.begin_epoch=2")
+    as_fraction = config("train.epochs=8", "method.consistency.begin_fraction=0.25")
+    assert training_changes(in_epochs, as_fraction) == ""
+    longer = config("train.epochs=10", "method.consistency.begin_fraction=0.25")
+    assert "method.consistency.begin_epoch: 2 -> 3" in training_changes(
+        {**in_epochs, "train": longer["train"]}, longer
+    )
+    # At the paper's 80 epochs the relative mode derives the paper's epochs; only the EMA,
+    # a fraction of all steps there, is not comparable without the steps per epoch...
+    paper = config("train.epochs=80")
+    relative = config("train.epochs=80", "method.schedule=relative")
+    assert training_changes(paper, relative) == (
+        "method.ema.decay: 0.99 -> None; "
+        f"method.ema.half_life_fraction: None -> {paper_half_life_fraction()!r}"
+    )
+    # ...and with the EMA given, the two are the same run.
+    relative_decay = config("train.epochs=80", "method.schedule=relative", "method.ema.decay=0.99")
+    assert training_changes(paper, relative_decay) == ""

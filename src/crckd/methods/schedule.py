@@ -166,19 +166,38 @@ def describe_relative(schedule: Schedule, used: tuple[str, ...]) -> str:
 
 
 def explicit_schedule(config: dict[str, Any], paper: Schedule = PAPER_SCHEDULE) -> dict[str, Any]:
-    """A config (as a dict) with the schedule values `method.schedule=epochs` leaves unset
-    written out as the paper's, as configs saved before the relative schedule existed hold
-    them: the two forms describe the same run, so comparing configs must not tell them apart."""
+    """A config (as a dict) with every epoch-based schedule value written out in epochs, as
+    `resolve_schedule` takes it for the config's `train.epochs`, and the EMA in the unit its
+    mode implies (the paper's decay, or the paper's half-life fraction). Configs that say the
+    same schedule in other words (a fraction or an epoch, the relative mode or the values it
+    derives, the paper's values left unset or written out as configs saved before the
+    relative schedule held them) then compare equal; `method.schedule` itself is dropped,
+    since every value it decided is written out."""
     method = config.get("method") or {}
-    if method.get("schedule", "epochs") != "epochs":
-        return config
+    mode = method.get("schedule", "epochs")
+    epochs = (config.get("train") or {}).get("epochs")
     filled = copy.deepcopy(config)
     sections = filled.setdefault("method", {})
+    sections.pop("schedule", None)
     for field, (section, epoch_key, fraction_key) in _EPOCH_KEYS.items():
         settings = sections.setdefault(section, {})
-        if settings.get(epoch_key) is None and settings.get(fraction_key) is None:
+        fraction = settings.get(fraction_key)
+        if settings.get(epoch_key) is not None:
+            continue
+        if fraction is None and mode == "epochs":
             settings[epoch_key] = getattr(paper, field)
+            continue
+        if epochs is None:  # a fraction with no run length to take it of: left as it is
+            continue
+        if fraction is None:
+            fraction = getattr(paper, field) / PAPER_EPOCHS
+        is_begin = field.endswith("_begin")
+        settings[epoch_key] = begin_epoch(fraction, epochs) if is_begin else fraction * epochs
+        settings[fraction_key] = None
     ema = sections.setdefault("ema", {})
     if all(ema.get(key) is None for key in ("decay", "half_life_steps", "half_life_fraction")):
-        ema["decay"] = paper.ema_decay
+        if mode == "epochs":
+            ema["decay"] = paper.ema_decay
+        else:
+            ema["half_life_fraction"] = paper_half_life_fraction(paper)
     return filled
