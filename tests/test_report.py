@@ -144,8 +144,32 @@ def test_several_runs_without_out_exit_2(ce_run, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def test_the_saved_test_predictions_are_the_probabilities_of_the_selected_student(ce_run, tmp_path):
+    """The report reads test_predictions.csv, so it needs neither best.pt nor the images;
+    a run without that file (made before crckd wrote it) runs best.pt instead, to the same
+    probabilities."""
+    saved = load_run(ce_run, "ce", progress=False)
+    older = shutil.copytree(
+        ce_run, tmp_path / "older", ignore=shutil.ignore_patterns("test_predictions.csv")
+    )
+    rerun = load_run(older, "ce", progress=False)
+    assert saved.note is None and rerun.note is None
+    np.testing.assert_array_equal(saved.labels, rerun.labels)
+    np.testing.assert_allclose(saved.probs, rerun.probs, atol=1e-6)
+    moved = shutil.copytree(ce_run, tmp_path / "moved", ignore=shutil.ignore_patterns("*.pt"))
+    out = tmp_path / "report"
+    result = write_report([moved], out, data_root="/nowhere", progress=False)
+    assert result.notes == []
+    assert {"run0-roc.png", "run0-reliability.png"} <= set(page_references(result.index).sources)
+
+
 def test_missing_test_images_leave_roc_and_calibration_out(ce_run, tmp_path, capsys):
-    run = shutil.copytree(ce_run, tmp_path / "run", ignore=shutil.ignore_patterns("last.pt"))
+    """A run without test_predictions.csv, whose images have moved."""
+    run = shutil.copytree(
+        ce_run,
+        tmp_path / "run",
+        ignore=shutil.ignore_patterns("last.pt", "test_predictions.csv"),
+    )
     out = run / "report"  # the default output folder, with figures of an earlier report
     out.mkdir()
     (out / "run7-roc.png").write_bytes(b"stale")

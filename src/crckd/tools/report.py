@@ -1,9 +1,10 @@
 """An HTML report of one or several run folders: curves, confusion matrix, ROC, calibration.
 
-`write_report` reads run folders (docs/run-folder.md), runs each selected student
-(`checkpoints/best.pt`) on its run's test split for the plots that need probabilities, and
-writes `index.html` with the PNGs it shows beside it. The page loads nothing else: no script,
-no stylesheet, no network. Figures are drawn with matplotlib's Agg canvas (no display needed).
+`write_report` reads run folders (docs/run-folder.md), takes the test probabilities the plots
+need from each run's `test_predictions.csv` (or runs its selected student, `checkpoints/best.pt`,
+on its test split, for a run made before that file existed), and writes `index.html` with the
+PNGs it shows beside it. The page loads nothing else: no script, no stylesheet, no network.
+Figures are drawn with matplotlib's Agg canvas (no display needed).
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ from crckd.engine.inference import (
     resolve_device,
     table_loader,
 )
-from crckd.engine.metrics import SCALAR_METRICS, per_class_table
+from crckd.engine.metrics import PROB_PREFIX, SCALAR_METRICS, per_class_table
 from crckd.engine.run_folder import RunFolder, atomic_write_text
 from crckd.errors import CheckpointError, ConfigError, DataError, RunFolderError
-from crckd.tools.compare import Differences, difference_table, differences_in_words
+from crckd.tools.compare import (
+    Differences,
+    difference_table,
+    differences_in_words,
+    read_predictions,
+)
 from crckd.tools.plots import new_figure
 
 ECE_BINS = 15
@@ -138,7 +144,9 @@ def load_run(
     device: str = "auto",
     progress: bool = True,
 ) -> RunData:
-    """Read a finished run and its best student's test probabilities.
+    """Read a finished run and its best student's test probabilities: those of its
+    `test_predictions.csv`, or, for a run made before crckd wrote that file, those of running
+    `checkpoints/best.pt` on its test images.
 
     Missing test images or best.pt do not stop the report: the run keeps its curves, confusion
     matrix and table, and `note` says why ROC and calibration are left out.
@@ -149,6 +157,9 @@ def load_run(
             raise RunFolderError(f"{path} does not exist: {run.root} is not a finished run")
     epochs = pd.read_csv(run.epochs)
     metrics = json.loads(run.metrics.read_text(encoding="utf-8"))
+    if run.test_predictions.is_file():
+        probs, labels = saved_test_probs(run.test_predictions, metrics["classes"])
+        return RunData(label, run, epochs, metrics, probs, labels, None)
     torch_device = resolve_device(device)
     try:
         student = load_student(run.best_checkpoint, torch_device)
@@ -160,6 +171,17 @@ def load_run(
         student.model, loader, torch_device, desc=f"report {label}", progress=progress
     )
     return RunData(label, run, epochs, metrics, probs, labels, None)
+
+
+def saved_test_probs(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The class probabilities (in the order of `classes`) and labels a run's
+    `test_predictions.csv` holds."""
+    table = read_predictions(path)
+    columns = [f"{PROB_PREFIX}{name}" for name in classes]
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise RunFolderError(f"{path} lacks the columns {missing} of the run's classes")
+    return table[columns].to_numpy(np.float64), table["label"].to_numpy()
 
 
 # --- figures -------------------------------------------------------------------------------
