@@ -32,6 +32,7 @@ from crckd.errors import ConfigError
 from crckd.methods import MethodContext, available_methods, get_method, load_config
 from crckd.models import build_model
 from ddp_worker import train_and_describe
+from test_run_lock import hold
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # A BatchNorm-free backbone (LayerNorm): then a 2-rank step is mathematically the
@@ -264,6 +265,23 @@ def test_a_killed_or_hung_rank_stops_the_other_in_bounded_time_and_resume_matche
             torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
     logs = [pd.read_csv(folder / "epochs.csv") for folder in (run, reference)]
     pd.testing.assert_frame_equal(*(log.drop(columns=list(TIMING_COLUMNS)) for log in logs))
+
+
+def test_a_run_folder_another_process_writes_is_refused_on_every_rank(tmp_path):
+    """Only rank 0 checks the run folder, but every rank says why the job stopped (they used to
+    report a lost peer)."""
+    folder = tmp_path / "run"
+    holder = hold(folder)
+    try:
+        ranks = train_ranks("data.root=/nonexistent", f"output_dir={folder}", "train.device=cpu")
+        for rank in ranks:
+            assert rank.wait(timeout=300) == EXIT_USER_ERROR
+            err = rank.stderr.read()
+            assert f"{folder} is being written by pid {holder.pid}" in err, err[-3000:]
+            assert "another process of this job" not in err and "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_sync_batchnorm_converts_the_trained_modules_only_and_keeps_their_tensors():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from crckd.dist import all_reduce_mean, unwrap
 from crckd.engine.inference import resolve_device
-from crckd.errors import ConfigError
+from crckd.errors import ConfigError, CrckdError
 
 # Where PyTorch's collectives raise from (the innermost Python frame of a failed collective).
 _TORCH_COLLECTIVES = ("torch/distributed/", "torch/nn/parallel/distributed.py")
@@ -54,6 +55,23 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def on_main(self, action: Callable[[], None]) -> None:
+        """Run `action` on the main process only, the others waiting for it. A user error it
+        raises (a `CrckdError`: a locked or used run folder, say) is raised on every process
+        with the same message, rather than leaving the others to report a lost peer."""
+        if not self.enabled:
+            action()
+            return
+        error: list[CrckdError | None] = [None]
+        if self.is_main:
+            try:
+                action()
+            except CrckdError as exc:
+                error[0] = exc
+        dist.broadcast_object_list(error, src=0)
+        if error[0] is not None:
+            raise error[0]
 
 
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:

@@ -159,9 +159,8 @@ class Trainer:
         self.epochs, self.select_metric = train_cfg.epochs, train_cfg.select_metric
         self.dist, self.device = init_distributed(train_cfg.device)
         self.lock = RunLock(self.run.root)
-        if self.dist.is_main:  # refuse a second writer, or a folder that holds a run, at once
-            self.lock.check()
-            self.run.check_use(resume=resume, overwrite=overwrite)
+        # Refuse a second writer, or a folder that holds a run, at once (on every process).
+        self.dist.on_main(lambda: self._check_run_folder(resume, overwrite))
         # Progress bars and lines of work that only the main process does (cache, evaluation).
         self.show_progress = train_cfg.progress and self.dist.is_main
         _check_processes(train_cfg, self.dist.world_size, self.device)
@@ -253,16 +252,21 @@ class Trainer:
             world_size=self.dist.world_size,
             steps_per_epoch=self.steps_per_epoch,
         )
-        if self.dist.is_main:
-            self.lock.acquire()
         try:
-            if self.dist.is_main:
-                self.run.prepare(resume=resume, overwrite=overwrite)
-            self.dist.barrier()
+            self.dist.on_main(lambda: self._claim_run_folder(resume, overwrite))
         except BaseException:
-            if self.dist.is_main:
-                self.lock.release()
+            self.lock.release()  # a no-op unless this (main) process took it
             raise
+
+    def _check_run_folder(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder another process writes, or one whose run this call must not touch."""
+        self.lock.check()
+        self.run.check_use(resume=resume, overwrite=overwrite)
+
+    def _claim_run_folder(self, resume: bool, overwrite: bool) -> None:
+        """Take the run folder's lock and make it ready (files of an overwritten run removed)."""
+        self.lock.acquire()
+        self.run.prepare(resume=resume, overwrite=overwrite)
 
     def _open_cache(self, paths: list[str]) -> DecodedImages:
         """The decoded cache of `paths`, built by the main process while the others wait."""
