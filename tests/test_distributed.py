@@ -142,14 +142,21 @@ def test_two_ranks_match_one_process_and_keep_identical_banks(method, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_semi_supervised_run_on_two_ranks_matches_one_process(tmp_path):
+@pytest.mark.parametrize(
+    "method",
+    # crckd: the pseudo-labels of the unlabelled bank rows are gathered over the ranks (a
+    # threshold every teacher reaches, so that every unlabelled row gets one).
+    [["method.name=mt"], ["method.name=crckd", "method.semi.threshold=0.01"]],
+    ids=["mt", "crckd"],
+)
+def test_a_semi_supervised_run_on_two_ranks_matches_one_process(method, tmp_path):
     root = make_colour_ham(tmp_path / "ham", n_per_class=8)
     for i in range(8):
         write_image(tmp_path / "unlabeled" / f"{i}.png", size=(32, 24), seed=50 + i)
     common = [
         f"data.root={root}",
         *OVERRIDES,
-        "method.name=mt",
+        *method,
         "train.epochs=1",
         "data.labeled_fraction=0.5",
         f"data.unlabeled_root={tmp_path / 'unlabeled'}",
@@ -168,6 +175,12 @@ def test_a_semi_supervised_run_on_two_ranks_matches_one_process(tmp_path):
     for key, value in single["method"].items():
         torch.testing.assert_close(rank0["method"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert rank0["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
+    if "bank_labels" in single["method"]:  # every row has a class now, the same on each rank
+        unlabelled = single["method"]["train_labels"] < 0
+        assert unlabelled.sum() >= 8
+        assert (single["method"]["bank_labels"][unlabelled] >= 0).all()
+        for dump in (rank0, rank1):
+            assert torch.equal(dump["method"]["bank_labels"], single["method"]["bank_labels"])
 
 
 def test_collectives_wait_as_long_as_the_environment_says(monkeypatch):
