@@ -5,7 +5,11 @@
 # an interrupted protocol leaves complete, paired seeds; rerunning it skips finished runs and
 # resumes a started one. Each finished run's metrics.json and epochs.csv, and the final tables,
 # are copied to bench/results/cpu_long/.
-# Usage: nice bench/cpu_long_protocol.sh [DATA_DIR] [OUT_DIR]  (DATA_DIR holds ham10000/, aptos2019/)
+# Usage: nice bench/cpu_long_protocol.sh [DATA_DIR] [OUT_DIR] [PART...]
+#   DATA_DIR holds ham10000/ and aptos2019/; PARTs (default: all four, in this order) are
+#   ham10000-main aptos-main ham10000-baselines aptos-baselines. Parts of different datasets
+#   can run at once, in two shells (one core each); two of one dataset share its folder, whose
+#   lock refuses the second.
 set -euo pipefail
 data=${1:-../shared/data}
 out=${2:-runs/bench_cpu_long}
@@ -54,8 +58,16 @@ baselines() {  # name config data-root: kd, crd, crckd (paper_faithful) x seeds 
 start=$(date +%s)
 ham=(ham10000 configs/benchmark/ham10000_cpu_long.yaml "$data/ham10000")
 aptos=(aptos configs/benchmark/aptos_cpu_long.yaml "$data/aptos2019")
-main_methods "${ham[@]}"
-main_methods "${aptos[@]}"
-baselines "${ham[@]}"
-baselines "${aptos[@]}"
+parts=("${@:3}")
+[ ${#parts[@]} -gt 0 ] || parts=(ham10000-main aptos-main ham10000-baselines aptos-baselines)
+for part in "${parts[@]}"; do
+  case $part in
+    ham10000-main) main_methods "${ham[@]}" ;;
+    aptos-main) main_methods "${aptos[@]}" ;;
+    ham10000-baselines) baselines "${ham[@]}" ;;
+    aptos-baselines) baselines "${aptos[@]}" ;;
+    *) echo "unknown part $part (ham10000-main aptos-main ham10000-baselines aptos-baselines)" >&2
+       exit 2 ;;
+  esac
+done
 echo "total wall time: $(( $(date +%s) - start )) s"
