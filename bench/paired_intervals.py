@@ -9,11 +9,18 @@ the method names of that file, e.g. the semi-supervised runs against CE on all l
     python bench/paired_intervals.py bench/results/semi/ham10000_labels_20pct/comparison.csv \
         "bench/results/cpu_protocol/ham10000/comparison.csv@all labels" \
         --reference "ce (all labels)"
+
+`--last` takes the mean of each run's last test epochs (the `last_*` columns: the paper's
+reporting rule) instead of the model selected on the validation split:
+
+    python bench/paired_intervals.py bench/results/cpu_long/ham10000/five_seeds_comparison.csv \
+        --last --metrics accuracy balanced_accuracy f1_macro auc_macro kappa
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -22,12 +29,12 @@ from crckd.tools.stats import paired_differences
 METRICS = ["balanced_accuracy", "f1_macro", "auc_macro", "kappa"]
 
 
-def interval_table(frame: pd.DataFrame, reference: str) -> str:
+def interval_table(frame: pd.DataFrame, reference: str, metrics: Sequence[str] = METRICS) -> str:
     """One markdown row per method: mean difference [low, high] per metric, and the verdict."""
-    table = paired_differences(frame, reference, metrics=METRICS)
+    table = paired_differences(frame, reference, metrics=metrics)
     lines = [
-        f"| method - {reference} | runs | " + " | ".join(METRICS) + " |",
-        "|---|---|" + "---|" * len(METRICS),
+        f"| method - {reference} | runs | " + " | ".join(metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
     ]
     for method, rows in table.groupby("method", sort=False):
         cells = []
@@ -50,12 +57,28 @@ def read_comparisons(specs: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each metric replaced by its `last_` column (the mean of the last epochs)."""
+    last = [c for c in frame.columns if c.startswith("last_")]
+    renamed = frame[last].rename(columns=lambda c: c.removeprefix("last_"))
+    return pd.concat(
+        [frame.drop(columns=[*last, *renamed.columns], errors="ignore"), renamed], axis=1
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("comparison_csv", nargs="+", help="PATH or PATH@LABEL")
     parser.add_argument("--reference", default="ce")
+    parser.add_argument("--metrics", nargs="+", default=METRICS)
+    parser.add_argument(
+        "--last", action="store_true", help="the mean of the last test epochs (last_* columns)"
+    )
     args = parser.parse_args()
-    print(interval_table(read_comparisons(args.comparison_csv), args.reference), end="")
+    frame = read_comparisons(args.comparison_csv)
+    if args.last:
+        frame = last_epochs(frame)
+    print(interval_table(frame, args.reference, args.metrics), end="")
 
 
 if __name__ == "__main__":

@@ -210,3 +210,17 @@ def test_early_validation_ranks_each_epoch_against_the_runs_best(tmp_path):
     text = module.early_ranking(module.validation_curves(runs, "balanced_accuracy"))
     assert text.startswith("3 runs of 3 epochs.")
     assert "| 1 | -1.00 |" in text and "| 2 | +1.00 |" in text
+
+
+def test_paired_intervals_of_the_last_epochs_read_the_last_columns(tmp_path):
+    header = "method,seed,fold,balanced_accuracy,last_balanced_accuracy\n"
+    rows = "".join(f"ce,{s},,0.5,{0.6 + s / 100}\n" for s in range(3))
+    rows += "".join(f"mt,{s},,0.9,{0.5 + s / 100}\n" for s in range(3))  # selected +0.4, last -0.1
+    csv = tmp_path / "comparison.csv"
+    csv.write_text(header + rows)
+    module = bench_module("paired_intervals")
+    last = module.last_epochs(pd.read_csv(csv))
+    table = module.interval_table(last, "ce", ["balanced_accuracy"])
+    assert "**-0.100 [-0.100, -0.100]** worse" in table
+    selected = module.interval_table(pd.read_csv(csv), "ce", ["balanced_accuracy"])
+    assert "**+0.400 [+0.400, +0.400]** better" in selected
