@@ -23,7 +23,7 @@ keep() {  # copy the small files of every finished run under $1 to $results/$2
   done
 }
 tables() {  # copy a comparison's tables to $results/$1 under the prefix $2
-  for f in comparison.csv comparison.md differences.csv bootstrap.csv; do
+  for f in comparison.csv comparison.md differences.csv differences_last_epochs.csv bootstrap.csv; do
     [ -e "$out/$1/$f" ] && cp "$out/$1/$f" "$results/$1/$2$f"
   done
 }

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from crckd.tools.compare import last_epochs
 from crckd.tools.stats import paired_differences
 
 METRICS = ["balanced_accuracy", "f1_macro", "auc_macro", "kappa"]
@@ -55,15 +56,6 @@ def read_comparisons(specs: list[str]) -> pd.DataFrame:
             frame["method"] = frame["method"] + f" ({label})"
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with each metric replaced by its `last_` column (the mean of the last epochs)."""
-    last = [c for c in frame.columns if c.startswith("last_")]
-    renamed = frame[last].rename(columns=lambda c: c.removeprefix("last_"))
-    return pd.concat(
-        [frame.drop(columns=[*last, *renamed.columns], errors="ignore"), renamed], axis=1
-    )
 
 
 def main() -> None:

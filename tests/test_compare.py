@@ -211,6 +211,32 @@ def test_comparison_files_state_findings_and_noise_in_words(synthetic_comparison
     assert not table.loc["same", "accuracy"].endswith(("better", "worse"))
 
 
+def test_the_last_epochs_are_compared_by_their_own_columns(synthetic_comparison, tmp_path):
+    """The paper's reading (mean of the last test epochs) gets its own paired intervals: here
+    `good` is better for the selected model but 0.05 worse over the last epochs."""
+    out, frame = synthetic_comparison
+    frame = frame.copy()
+    good, ce = frame["method"] == "good", frame["method"] == "ce"
+    frame.loc[good, "last_accuracy"] = frame.loc[ce, "last_accuracy"].to_numpy() - [
+        0.04,
+        0.05,
+        0.06,
+    ]
+    copy = shutil.copytree(out, tmp_path / "cmp")
+    comparison = write_comparison(frame, copy, "ce")
+    last = comparison.differences.paired_last.set_index(["method", "metric"])
+    assert last.loc[("good", "accuracy"), "mean"] == pytest.approx(-0.05)
+    assert last.loc[("good", "accuracy"), "verdict"] == "worse"
+    selected = comparison.differences.paired.set_index(["method", "metric"])
+    assert selected.loc[("good", "accuracy"), "verdict"] == "better"
+    written = pd.read_csv(copy / "differences_last_epochs.csv").set_index(["method", "metric"])
+    assert written.loc[("good", "accuracy"), "verdict"] == "worse"
+    text = (copy / "comparison.md").read_text()
+    assert "The same for the mean of the last test epochs (the paper's reporting rule):" in text
+    assert "good is worse than ce on accuracy over the last test epochs: -0.050 [" in text
+    assert "good is better than ce on accuracy: +0.150 [" in text
+
+
 def test_a_reference_outside_the_methods_stops_compare_before_training(tmp_path, capsys):
     args = ["compare", "-c", str(tmp_path / "base.yaml"), "--methods", "mt", "crckd"]
     assert main([*args, "--out", str(tmp_path / "cmp")]) == EXIT_USER_ERROR

@@ -118,7 +118,7 @@ def _compare(args: argparse.Namespace, raw: dict, out: Path, reference: str) -> 
             print(f"  {line}")
         for note in diff.notes:
             print(f"note: {note}")
-        written += ["differences.csv", "bootstrap.csv"]
+        written += ["differences.csv", "differences_last_epochs.csv", "bootstrap.csv"]
     print("comparison: " + ", ".join(str(out / name) for name in written))
     if args.report:
         from crckd.tools.report import write_report

@@ -6,7 +6,8 @@ checkpoint, so a comparison killed at any moment is continued by running the sam
 again. The comparison holds the lock of OUT (`RunLock`) and each run the lock of its folder.
 
 Besides the means, every method is compared with a reference method (`ce` by default) by 95 %
-intervals of the difference (`crckd.tools.stats`): over the runs paired by seed and fold, and
+intervals of the difference (`crckd.tools.stats`): over the runs paired by seed and fold (of
+the selected models, and of the means of the last test epochs, the paper's reporting rule), and
 for each run over its test images (a paired bootstrap of its `test_predictions.csv` against the
 reference run's). A difference is called better or worse only when its interval excludes 0.
 """
@@ -235,11 +236,14 @@ def bootstrap_runs(
 
 @dataclass(frozen=True)
 class Differences:
-    """Every method against the reference: `paired` over runs (differences.csv), `bootstrap`
-    per run over its test images (bootstrap.csv), and `notes` on runs left out."""
+    """Every method against the reference: `paired` over runs (differences.csv), the same for
+    the mean of the last test epochs, the paper's reporting rule (`paired_last`,
+    differences_last_epochs.csv), `bootstrap` per run over its test images (bootstrap.csv), and
+    `notes` on runs left out."""
 
     reference: str
     paired: pd.DataFrame
+    paired_last: pd.DataFrame
     bootstrap: pd.DataFrame
     notes: list[str]
     resamples: int = RESAMPLES
@@ -249,8 +253,10 @@ def differences(
     frame: pd.DataFrame, out_dir: Path, reference: str, *, resamples: int = RESAMPLES
 ) -> Differences:
     """The paired differences of `frame`'s runs (as `collect` returns them) to the reference
-    method, and each run's bootstrap interval against the reference run of its seed and fold."""
+    method (of the selected models, and of the last test epochs' means), and each run's
+    bootstrap interval against the reference run of its seed and fold."""
     paired = paired_differences(frame, reference)
+    paired_last = paired_differences(last_epochs(frame), reference)
     runs = [PlannedRun(r.method, int(r.seed), _fold(r.fold)) for r in frame.itertuples()]
     done = {(run.seed, run.fold) for run in runs if run.method == reference}
     rows, notes = [], []
@@ -274,7 +280,15 @@ def differences(
             rows.append({**row, "metric": metric, **interval.as_row()})
     columns = ["method", "run", "seed", "fold", "metric", *INTERVAL_FIELDS]
     bootstrap = pd.DataFrame(rows, columns=columns)
-    return Differences(reference, paired, bootstrap, notes, resamples)
+    return Differences(reference, paired, paired_last, bootstrap, notes, resamples)
+
+
+def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (one row per run, as `collect` returns it) with each metric taken from its
+    `last_` column: the mean of the run's last test epochs instead of the selected model."""
+    last = [c for c in frame.columns if c.startswith("last_")]
+    means = frame[last].rename(columns=lambda c: c.removeprefix("last_"))
+    return pd.concat([frame.drop(columns=[*last, *means.columns], errors="ignore"), means], axis=1)
 
 
 def _fold(value: object) -> int | None:
@@ -305,26 +319,12 @@ def difference_table(long: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 def differences_in_words(diff: Differences) -> list[str]:
     """Sentences for the differences whose interval excludes 0; the rest are within noise."""
-    lines = []
-    for method, table in diff.paired.groupby("method", sort=False):
-        pairs = int(table["n"].max())
-        if pairs < 2:
-            lines.append(
-                f"{method}: {pairs} run paired with {diff.reference}, so no interval over runs; "
-                "see the per-run intervals over the test images"
-            )
-            continue
-        for row in table[table["verdict"].isin(["better", "worse"])].to_dict("records"):
-            lines.append(
-                f"{method} is {row['verdict']} than {diff.reference} on {row['metric']}: "
-                f"{interval_text(row, verdict=False)} (over {pairs} paired runs)"
-            )
-        noise = table.loc[table["verdict"] == "within noise", "metric"].tolist()
-        if noise:
-            lines.append(
-                f"{method} is within noise of {diff.reference} on {', '.join(noise)} "
-                f"(the 95 % interval over {pairs} paired runs includes 0)"
-            )
+    lines = _paired_lines(diff.paired, diff.reference, "")
+    lines += [
+        line
+        for line in _paired_lines(diff.paired_last, diff.reference, " over the last test epochs")
+        if "no interval over runs" not in line  # said once, for the selected models
+    ]
     runs = diff.bootstrap
     found = runs[runs["verdict"].isin(["better", "worse"])]
     for (method, metric, word), rows in found.groupby(["method", "metric", "verdict"], sort=False):
@@ -341,6 +341,33 @@ def differences_in_words(diff: Differences) -> list[str]:
             f"on the test images, every run is within noise of its {diff.reference} run on every "
             "metric"
         )
+    return lines
+
+
+def _paired_lines(paired: pd.DataFrame, reference: str, reading: str) -> list[str]:
+    """The sentences of `differences_in_words` for one table of paired differences; `reading`
+    names what was compared when it is not the selected models (" over the last test
+    epochs")."""
+    lines = []
+    for method, table in paired.groupby("method", sort=False):
+        pairs = int(table["n"].max())
+        if pairs < 2:
+            lines.append(
+                f"{method}: {pairs} run paired with {reference}, so no interval over runs; "
+                "see the per-run intervals over the test images"
+            )
+            continue
+        for row in table[table["verdict"].isin(["better", "worse"])].to_dict("records"):
+            lines.append(
+                f"{method} is {row['verdict']} than {reference} on {row['metric']}{reading}: "
+                f"{interval_text(row, verdict=False)} (over {pairs} paired runs)"
+            )
+        noise = table.loc[table["verdict"] == "within noise", "metric"].tolist()
+        if noise:
+            lines.append(
+                f"{method} is within noise of {reference} on {', '.join(noise)}{reading} "
+                f"(the 95 % interval over {pairs} paired runs includes 0)"
+            )
     return lines
 
 
@@ -366,6 +393,8 @@ def differences_markdown(diff: Differences) -> str:
         "Over the runs, paired by seed and fold (Student's t interval of the mean difference):"
         "\n\n",
         _markdown(difference_table(diff.paired, ["method"])),
+        "\nThe same for the mean of the last test epochs (the paper's reporting rule):\n\n",
+        _markdown(difference_table(diff.paired_last, ["method"])),
     ]
     if len(diff.bootstrap):
         parts += [
@@ -392,23 +421,24 @@ def write_comparison(
     frame: pd.DataFrame, out_dir: Path, reference: str = DEFAULT_REFERENCE
 ) -> Comparison:
     """comparison.csv (per run), comparison.md (mean ± std, best in bold, and the differences
-    to `reference`), comparison.png, and differences.csv and bootstrap.csv (the intervals)."""
+    to `reference`), comparison.png, and differences.csv, differences_last_epochs.csv and
+    bootstrap.csv (the intervals)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "comparison.csv", frame.to_csv(index=False))
     summary = summarize(frame)
-    last = frame[["method", *[f"last_{m}" for m in SCALAR_METRICS]]].rename(
-        columns=lambda c: c.removeprefix("last_")
-    )
     text = (
         "# Comparison\n\nTest metrics of the model selected on the validation split:\n\n"
         + markdown_table(summary)
         + "\nMean of the last test epochs (the paper's reporting rule):\n\n"
-        + markdown_table(summarize(last))
+        + markdown_table(summarize(last_epochs(frame)))
     )
     diff = None
     if check_reference(frame["method"].tolist(), reference) is not None:
         diff = differences(frame, out_dir, reference)
         atomic_write_text(out_dir / "differences.csv", diff.paired.to_csv(index=False))
+        atomic_write_text(
+            out_dir / "differences_last_epochs.csv", diff.paired_last.to_csv(index=False)
+        )
         atomic_write_text(out_dir / "bootstrap.csv", diff.bootstrap.to_csv(index=False))
         text += "\n" + differences_markdown(diff)
     else:

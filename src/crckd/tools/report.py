@@ -377,6 +377,8 @@ def _differences_section(diff: Differences) -> str:
         "excludes 0; otherwise the difference is within noise.</p>",
         "<h3>over runs paired by seed and fold (t interval)</h3>",
         difference_table(diff.paired, ["method"]).to_html(na_rep="n/a"),
+        "<h3>the same for the mean of the last test epochs (the paper's reporting rule)</h3>",
+        difference_table(diff.paired_last, ["method"]).to_html(na_rep="n/a"),
     ]
     if len(diff.bootstrap):
         parts += [
