@@ -319,12 +319,8 @@ def difference_table(long: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 def differences_in_words(diff: Differences) -> list[str]:
     """Sentences for the differences whose interval excludes 0; the rest are within noise."""
-    lines = _paired_lines(diff.paired, diff.reference, "")
-    lines += [
-        line
-        for line in _paired_lines(diff.paired_last, diff.reference, " over the last test epochs")
-        if "no interval over runs" not in line  # said once, for the selected models
-    ]
+    lines = _paired_lines(diff.paired, diff.reference)
+    lines += _paired_lines(diff.paired_last, diff.reference, " over the last test epochs")
     runs = diff.bootstrap
     found = runs[runs["verdict"].isin(["better", "worse"])]
     for (method, metric, word), rows in found.groupby(["method", "metric", "verdict"], sort=False):
@@ -344,18 +340,19 @@ def differences_in_words(diff: Differences) -> list[str]:
     return lines
 
 
-def _paired_lines(paired: pd.DataFrame, reference: str, reading: str) -> list[str]:
+def _paired_lines(paired: pd.DataFrame, reference: str, reading: str = "") -> list[str]:
     """The sentences of `differences_in_words` for one table of paired differences; `reading`
     names what was compared when it is not the selected models (" over the last test
-    epochs")."""
+    epochs"), and only the selected models' sentences say when a method has too few runs."""
     lines = []
     for method, table in paired.groupby("method", sort=False):
         pairs = int(table["n"].max())
         if pairs < 2:
-            lines.append(
-                f"{method}: {pairs} run paired with {reference}, so no interval over runs; "
-                "see the per-run intervals over the test images"
-            )
+            if not reading:
+                lines.append(
+                    f"{method}: {pairs} run paired with {reference}, so no interval over "
+                    "runs; see the per-run intervals over the test images"
+                )
             continue
         for row in table[table["verdict"].isin(["better", "worse"])].to_dict("records"):
             lines.append(
