@@ -328,8 +328,14 @@ def test_batches_that_cannot_give_every_process_two_images_are_refused(
     with pytest.raises(ConfigError, match=r"train\.batch_size 1 .* at least 2 images"):
         Trainer(tiny_config(data_root, tmp_path / "one", "train.batch_size=1"))
 
+    class MainOfMany(Distributed):
+        """Rank 0 of 32 processes that would all agree: no process group to broadcast over."""
+
+        def on_main(self, action):
+            action()
+
     def many_processes(device_name):  # as if launched by torchrun on 32 processes
-        return Distributed(rank=0, world_size=32), torch.device("cpu")
+        return MainOfMany(rank=0, world_size=32), torch.device("cpu")
 
     monkeypatch.setattr(trainer_module, "init_distributed", many_processes)
     with pytest.raises(ConfigError, match="multiple of the 32 process"):

@@ -159,11 +159,12 @@ class Trainer:
         self.epochs, self.select_metric = train_cfg.epochs, train_cfg.select_metric
         self.dist, self.device = init_distributed(train_cfg.device)
         self.lock = RunLock(self.run.root)
-        # Refuse a second writer, or a folder that holds a run, at once (on every process).
+        # Every process refuses what its settings cannot train with, the same way...
+        _check_processes(train_cfg, self.dist.world_size, self.device)
+        # ...and a second writer, or a folder that holds a run, which the main process checks.
         self.dist.on_main(lambda: self._check_run_folder(resume, overwrite))
         # Progress bars and lines of work that only the main process does (cache, evaluation).
         self.show_progress = train_cfg.progress and self.dist.is_main
-        _check_processes(train_cfg, self.dist.world_size, self.device)
         seed_everything(train_cfg.seed)
         if train_cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
