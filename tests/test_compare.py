@@ -26,6 +26,7 @@ from crckd.tools.compare import (
     collect,
     difference_table,
     differences,
+    last_epochs,
     markdown_table,
     plan_runs,
     run_kappa_weights,
@@ -231,6 +232,8 @@ def test_the_last_epochs_are_compared_by_their_own_columns(synthetic_comparison,
     assert selected.loc[("good", "accuracy"), "verdict"] == "better"
     written = pd.read_csv(copy / "differences_last_epochs.csv").set_index(["method", "metric"])
     assert written.loc[("good", "accuracy"), "verdict"] == "worse"
+    with pytest.raises(ValueError, match="no last_"):  # never the selected models under its name
+        last_epochs(frame.drop(columns=[c for c in frame if c.startswith("last_")]))
     text = (copy / "comparison.md").read_text()
     assert "The same for the mean of the last test epochs (the paper's reporting rule):" in text
     assert "good is worse than ce on accuracy over the last test epochs: -0.050 [" in text

@@ -287,6 +287,8 @@ def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` (one row per run, as `collect` returns it) with each metric taken from its
     `last_` column: the mean of the run's last test epochs instead of the selected model."""
     last = [c for c in frame.columns if c.startswith("last_")]
+    if not last:
+        raise ValueError("no last_* columns: not a table of runs as `crckd compare` writes it")
     means = frame[last].rename(columns=lambda c: c.removeprefix("last_"))
     return pd.concat([frame.drop(columns=[*last, *means.columns], errors="ignore"), means], axis=1)
 
