@@ -103,20 +103,40 @@ def resolve_schedule(
     EMA half-life) if given, else the paper's value (`method.schedule=epochs`) or the paper's
     fraction (`relative`). `steps_per_epoch` is needed only for an EMA half-life fraction.
     """
-    values: dict[str, float] = {}
-    for field, (section, epoch_key, fraction_key) in _EPOCH_KEYS.items():
-        settings = getattr(method, section)
-        value, fraction = getattr(settings, epoch_key), getattr(settings, fraction_key)
-        if value is None and fraction is None:
-            if method.schedule == "relative":
-                fraction = getattr(paper, field) / PAPER_EPOCHS
-            else:
-                value = getattr(paper, field)
-        if value is None:
-            is_begin = field.endswith("_begin")
-            value = begin_epoch(fraction, epochs) if is_begin else fraction * epochs
-        values[field] = value
+    values = {
+        field: _in_epochs(
+            field,
+            getattr(getattr(method, section), epoch_key),
+            getattr(getattr(method, section), fraction_key),
+            method.schedule,
+            epochs,
+            paper,
+        )
+        for field, (section, epoch_key, fraction_key) in _EPOCH_KEYS.items()
+    }
     return Schedule(ema_decay=_ema_decay(method, epochs, steps_per_epoch, paper), **values)
+
+
+def _in_epochs(
+    field: str,
+    value: float | None,
+    fraction: float | None,
+    mode: str,
+    epochs: int | None,
+    paper: Schedule,
+) -> float | None:
+    """One epoch-based schedule value: as set in epochs, else its `fraction` of `epochs`, else
+    the paper's value (`mode` "epochs") or the paper's fraction ("relative"). None when it
+    needs a fraction of a run whose length is unknown (`epochs` None)."""
+    if value is not None:
+        return value
+    if fraction is None:
+        if mode == "epochs":
+            return getattr(paper, field)
+        fraction = getattr(paper, field) / PAPER_EPOCHS
+    if epochs is None:
+        return None
+    return begin_epoch(fraction, epochs) if field.endswith("_begin") else fraction * epochs
 
 
 def _ema_decay(
@@ -181,19 +201,11 @@ def explicit_schedule(config: dict[str, Any], paper: Schedule = PAPER_SCHEDULE) 
     sections.pop("schedule", None)
     for field, (section, epoch_key, fraction_key) in _EPOCH_KEYS.items():
         settings = sections.setdefault(section, {})
-        fraction = settings.get(fraction_key)
-        if settings.get(epoch_key) is not None:
-            continue
-        if fraction is None and mode == "epochs":
-            settings[epoch_key] = getattr(paper, field)
-            continue
-        if epochs is None:  # a fraction with no run length to take it of: left as it is
-            continue
-        if fraction is None:
-            fraction = getattr(paper, field) / PAPER_EPOCHS
-        is_begin = field.endswith("_begin")
-        settings[epoch_key] = begin_epoch(fraction, epochs) if is_begin else fraction * epochs
-        settings[fraction_key] = None
+        value = _in_epochs(
+            field, settings.get(epoch_key), settings.get(fraction_key), mode, epochs, paper
+        )
+        if value is not None:  # else a fraction with no run length to take it of: left as is
+            settings[epoch_key], settings[fraction_key] = value, None
     ema = sections.setdefault("ema", {})
     if all(ema.get(key) is None for key in ("decay", "half_life_steps", "half_life_fraction")):
         if mode == "epochs":
