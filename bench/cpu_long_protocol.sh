@@ -24,7 +24,7 @@ keep() {  # copy the small files of every finished run under $1 to $results/$2
 }
 tables() {  # copy a comparison's tables to $results/$1 under the prefix $2
   for f in comparison.csv comparison.md differences.csv differences_last_epochs.csv bootstrap.csv; do
-    [ -e "$out/$1/$f" ] && cp "$out/$1/$f" "$results/$1/$2$f"
+    if [ -e "$out/$1/$f" ]; then cp "$out/$1/$f" "$results/$1/$2$f"; fi
   done
 }
 main_methods() {  # name config data-root: ce, mt, crckd, mt+ccd x seeds 0-4
